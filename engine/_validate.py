@@ -1,0 +1,68 @@
+"""Thin argument checking shared by the Python entries of every kernel family.
+
+Conversions are documented and never silent misreads:
+- float32 and float64 arrays are used as they are when C-contiguous;
+  a non-contiguous array is copied to a C-contiguous one.
+- any other dtype (float16, integers, bool, object) is rejected with TypeError.
+"""
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Sizes are passed to BLAS as 32-bit ints and indexed in Py_ssize_t.
+BLAS_INT_MAX = 2**31 - 1
+
+
+def float_array(x, name, ndim=None, dtype=None):
+    """Return `x` as a C-contiguous float32/float64 ndarray, or raise.
+
+    `ndim` may be an int or a tuple of allowed ranks; `dtype`, when given, is
+    the dtype the array must already have (used to tie several arguments to
+    the dtype of the first).
+    """
+    if not isinstance(x, np.ndarray):
+        try:
+            x = np.asarray(x)
+        except Exception as exc:  # noqa: BLE001 - report what we received
+            raise TypeError(f"{name} must be an array, got {type(x).__name__}") from exc
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got dtype {x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)} like the other "
+                        f"arguments, got {x.dtype}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in allowed:
+            want = " or ".join(str(a) for a in allowed)
+            raise ValueError(f"{name} must be {want}-dimensional, got shape {x.shape}")
+    if not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x)
+    return x
+
+
+def out_array(out, name, shape, dtype):
+    """Validate a caller-supplied output array, or allocate one."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {out.dtype}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"{name} must be a writeable C-contiguous array")
+    return out
+
+
+def check_blas_size(name, value):
+    if value > BLAS_INT_MAX:
+        raise ValueError(f"{name}={value} exceeds the BLAS 32-bit size limit {BLAS_INT_MAX}")
+
+
+def positive_int(value, name, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}. Received: {name}={value}")
+    return int(value)

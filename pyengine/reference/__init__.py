@@ -1,0 +1,6 @@
+"""Plain NumPy forward and backward for every engine kernel: the yardstick.
+
+Written to be obviously right (the textbook equations, no tricks). Imports
+only NumPy, never ``engine``, so it can judge the engine. One submodule per
+kernel family; everything is re-exported here (``pe.reference.linear_forward``).
+"""
