@@ -10,3 +10,4 @@ from pyengine._random import manual_seed
 from pyengine.module import Module, Parameter, Sequential, is_grad_enabled, no_grad
 
 __version__ = "0.1.0"
+from pyengine.gradcheck import GradcheckError, gradcheck
