@@ -287,9 +287,11 @@ cdef void _rows_chunk(int op, bint backward, const floating* a,
                 for j in range(cols):
                     outr[j] *= s
             else:
-                s = m + _log(_row_sum_exp(ar, m, cols))
+                # (x - max) - log(sum): x - (max + log(sum)) would round the
+                # large max + log(sum) first and lose the small differences.
+                s = _log(_row_sum_exp(ar, m, cols))
                 for j in range(cols):
-                    outr[j] = ar[j] - s
+                    outr[j] = (ar[j] - m) - s
 
 
 # ---------------------------------------------------------------------------

@@ -52,8 +52,10 @@ cdef inline floating _fabs(floating v) noexcept nogil:
 
 
 cdef inline floating _sum_lse_minus(const floating* x, const floating* w,
-                                    floating lse, Py_ssize_t n) noexcept nogil:
-    """sum_c w[c] (lse - x[c]) (w NULL: all ones) with 16 partial sums."""
+                                    floating m, floating log_s,
+                                    Py_ssize_t n) noexcept nogil:
+    """sum_c w[c] (lse - x[c]), lse = m + log_s (w NULL: all ones), as
+    sum_c w[c] ((m - x[c]) + log_s) with 16 partial sums."""
     cdef floating acc[16]
     cdef floating s
     cdef Py_ssize_t i, j, n16 = n - n % 16
@@ -62,18 +64,18 @@ cdef inline floating _sum_lse_minus(const floating* x, const floating* w,
     if w == NULL:
         for i in range(0, n16, 16):
             for j in range(16):
-                acc[j] += lse - x[i + j]
+                acc[j] += (m - x[i + j]) + log_s
     else:
         for i in range(0, n16, 16):
             for j in range(16):
-                acc[j] += w[i + j] * (lse - x[i + j])
+                acc[j] += w[i + j] * ((m - x[i + j]) + log_s)
     for j in range(8):
         acc[j] += acc[j + 8]
     for j in range(4):
         acc[j] += acc[j + 4]
     s = (acc[0] + acc[2]) + (acc[1] + acc[3])
     for i in range(n16, n):
-        s += (lse - x[i]) if w == NULL else w[i] * (lse - x[i])
+        s += ((m - x[i]) + log_s) if w == NULL else w[i] * ((m - x[i]) + log_s)
     return s
 
 
@@ -92,7 +94,7 @@ cdef void _ce_forward_rows(const ClassLossParams* p, Py_ssize_t lo, Py_ssize_t h
     cdef Py_ssize_t C = p.C, r, j
     cdef const floating* xr
     cdef floating* pr
-    cdef floating m, s, inv, lse, wt, loss
+    cdef floating m, s, inv, log_s, wt, loss
     cdef floating eps = <floating>p.label_smoothing
     cdef int64_t t
     cdef double loss_acc = 0, w_acc = 0, bad = 0
@@ -114,11 +116,12 @@ cdef void _ce_forward_rows(const ClassLossParams* p, Py_ssize_t lo, Py_ssize_t h
             row_loss[r] = 0
             bad += 1
             continue
-        lse = m + _log(s)
+        log_s = _log(s)
         wt = weight[t] if weight != NULL else 1
-        loss = (1 - eps) * wt * (lse - xr[t])
+        # lse - x[t] as (max - x[t]) + log(sum): no rounding of a large lse.
+        loss = (1 - eps) * wt * ((m - xr[t]) + log_s)
         if eps != 0:
-            loss += eps / C * _sum_lse_minus(xr, weight, lse, C)
+            loss += eps / C * _sum_lse_minus(xr, weight, m, log_s, C)
         row_loss[r] = loss
         loss_acc += loss
         w_acc += wt
