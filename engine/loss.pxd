@@ -74,15 +74,17 @@ cdef int mse_backward(const floating* pred, const floating* target, Py_ssize_t n
                       floating* grad_pred) noexcept nogil
 
 # Binary cross-entropy on logits x with targets y, stable for any x:
-#   loss = w ((1 - y) x + l softplus(-x)),  l = 1 + (pos_weight - 1) y,
-# softplus(-x) = max(-x, 0) + log1p(exp(-|x|)). weight and pos_weight are
+#   loss = w ((1 - y) softplus(x) + pos_weight y softplus(-x))
+# (torch's value, summed without cancellation), softplus(+-x) = max(+-x, 0) +
+# log1p(exp(-|x|)). weight and pos_weight are
 # per-element (n values, broadcast by the caller) or NULL.
 cdef int bce_with_logits_forward(const floating* x, const floating* y,
                                  const floating* weight,
                                  const floating* pos_weight, Py_ssize_t n,
                                  floating* loss, double* loss_sum) noexcept nogil
 
-# grad_x = w (l sigmoid(x) - pos_weight y) g   (= w (sigmoid(x) - y) g without pos_weight).
+# grad_x = w (l sigmoid(x) - pos_weight y) g, l = 1 + (pos_weight - 1) y
+# (= w (sigmoid(x) - y) g without pos_weight).
 cdef int bce_with_logits_backward(const floating* x, const floating* y,
                                   const floating* weight,
                                   const floating* pos_weight, Py_ssize_t n,

@@ -341,14 +341,17 @@ cdef enum:
 cdef inline floating _elem_loss(int kind, const floating* x, const floating* y,
                                 const floating* w, const floating* pw,
                                 Py_ssize_t k) noexcept nogil:
-    cdef floating d, lw, v
+    cdef floating d, tail, v
     if kind == LOSS_MSE:
         d = x[k] - y[k]
         return d * d
+    # (1 - y) softplus(x) + pos_weight y softplus(-x): two non-negative terms,
+    # so no cancellation (torch's (1 - y) x + l softplus(-x) rounds e.g.
+    # x = -50, y = 0 to 0 in float32); softplus(+-x) = max(+-x, 0) + log1p(exp(-|x|)).
     d = x[k]
-    lw = 1 if pw == NULL else 1 + (pw[k] - 1) * y[k]
-    # (1 - y) x + l softplus(-x), softplus(-x) = max(-x, 0) + log1p(exp(-|x|))
-    v = (1 - y[k]) * d + lw * ((-d if d < 0 else 0) + _log1p(_exp(-_fabs(d))))
+    tail = _log1p(_exp(-_fabs(d)))
+    v = (1 - y[k]) * ((d if d > 0 else 0) + tail)
+    v += (y[k] if pw == NULL else pw[k] * y[k]) * ((-d if d < 0 else 0) + tail)
     return v if w == NULL else v * w[k]
 
 

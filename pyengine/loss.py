@@ -267,7 +267,8 @@ def _broadcast_weight(w, pred, name):
 class BCEWithLogitsLoss(Loss):
     """Sigmoid + binary cross-entropy in one stable formula.
 
-    loss = w * ((1 - y) x + l * softplus(-x)),  l = 1 + (pos_weight - 1) y.
+    loss = w * ((1 - y) * softplus(x) + pos_weight * y * softplus(-x)),
+    i.e. -w [pos_weight y log sigmoid(x) + (1 - y) log(1 - sigmoid(x))].
 
     Args:
         weight: optional rescaling weight broadcast to the input's shape.
