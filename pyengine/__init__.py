@@ -14,3 +14,6 @@ from pyengine.gradcheck import GradcheckError, gradcheck
 from pyengine import init, reference
 from pyengine.linear import Identity, Linear
 from pyengine import optim
+from pyengine.activation import (GELU, Flatten, LeakyReLU, LogSoftmax, ReLU, Sigmoid,
+                                 Softmax, Softplus, Tanh)
+from pyengine.loss import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss, NLLLoss
