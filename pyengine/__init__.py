@@ -12,3 +12,4 @@ from pyengine.module import Module, Parameter, Sequential, is_grad_enabled, no_g
 __version__ = "0.1.0"
 from pyengine.gradcheck import GradcheckError, gradcheck
 from pyengine import optim
+from pyengine.optim import clip_grad_norm_, clip_grad_value_
