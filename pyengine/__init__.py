@@ -13,3 +13,4 @@ __version__ = "0.1.0"
 from pyengine.gradcheck import GradcheckError, gradcheck
 from pyengine import optim
 from pyengine.optim import clip_grad_norm_, clip_grad_value_
+from pyengine.norm import BatchNorm1d, BatchNorm2d

@@ -5,3 +5,4 @@ only NumPy, never ``engine``, so it can judge the engine. One submodule per
 kernel family; everything is re-exported here (``pe.reference.linear_forward``).
 """
 from pyengine.reference.optim import *  # noqa: F401,F403
+from pyengine.reference.norm import *  # noqa: F401,F403
