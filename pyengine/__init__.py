@@ -14,3 +14,4 @@ from pyengine.gradcheck import GradcheckError, gradcheck
 from pyengine import optim
 from pyengine.optim import clip_grad_norm_, clip_grad_value_
 from pyengine.norm import BatchNorm1d, BatchNorm2d
+from pyengine.dropout import Dropout
