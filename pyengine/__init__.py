@@ -11,7 +11,12 @@ from pyengine.module import Module, Parameter, Sequential, is_grad_enabled, no_g
 
 __version__ = "0.1.0"
 from pyengine.gradcheck import GradcheckError, gradcheck
+from pyengine import init, reference
+from pyengine.linear import Identity, Linear
 from pyengine import optim
+from pyengine.activation import (GELU, Flatten, LeakyReLU, LogSoftmax, ReLU, Sigmoid,
+                                 Softmax, Softplus, Tanh)
+from pyengine.loss import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss, NLLLoss
 from pyengine.optim import clip_grad_norm_, clip_grad_value_
 from pyengine.norm import BatchNorm1d, BatchNorm2d
 from pyengine.dropout import Dropout
