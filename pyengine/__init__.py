@@ -17,3 +17,6 @@ from pyengine import optim
 from pyengine.activation import (GELU, Flatten, LeakyReLU, LogSoftmax, ReLU, Sigmoid,
                                  Softmax, Softplus, Tanh)
 from pyengine.loss import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss, NLLLoss
+from pyengine.optim import clip_grad_norm_, clip_grad_value_
+from pyengine.norm import BatchNorm1d, BatchNorm2d
+from pyengine.dropout import Dropout
