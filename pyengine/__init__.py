@@ -11,6 +11,8 @@ from pyengine.module import Module, Parameter, Sequential, is_grad_enabled, no_g
 
 __version__ = "0.1.0"
 from pyengine.gradcheck import GradcheckError, gradcheck
+from pyengine import init, reference
+from pyengine.linear import Identity, Linear
 from pyengine.data import DataLoader, Subset, TensorDataset, random_split, train_val_split
 from pyengine.io import load, save
 from pyengine.training import Checkpoint, EarlyStopping, History, evaluate, fit, predict
