@@ -16,3 +16,4 @@ from pyengine.linear import Identity, Linear
 from pyengine.data import DataLoader, Subset, TensorDataset, random_split, train_val_split
 from pyengine.io import load, save
 from pyengine.training import Checkpoint, EarlyStopping, History, evaluate, fit, predict
+from pyengine import optim
