@@ -61,14 +61,14 @@ def _encode(obj, path, tensors):
         obj = obj.data
     if isinstance(obj, np.generic) and not isinstance(obj, (np.str_, np.bytes_)):
         name = _unique_name(path or "scalar", tensors)
-        tensors[name] = np.ascontiguousarray(np.asarray(obj))
+        tensors[name] = np.array(obj)  # 0-d (np.ascontiguousarray would make it 1-d)
         return {"__type__": "npscalar", "key": name}
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind not in "biuf":
             raise TypeError(f"pe.save: array at '{path}' has dtype {obj.dtype}; "
                             "only bool, integer and float arrays can be saved")
         name = _unique_name(path or "tensor", tensors)
-        arr = np.ascontiguousarray(obj)
+        arr = obj if obj.flags.c_contiguous else obj.copy(order="C")  # keeps 0-d shapes
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         tensors[name] = arr
@@ -189,6 +189,14 @@ def _read_header(data, path):
     return header
 
 
+def _fix_array(arr, info, path, key):
+    shape = tuple(info["shape"]) if isinstance(info, dict) and "shape" in info else arr.shape
+    if arr.size != int(np.prod(shape, dtype=np.int64)):
+        raise ValueError(f"pe.load: '{path}' is corrupt: tensor '{key}' does not match its shape")
+    arr = arr.reshape(shape)
+    return arr if arr.flags.writeable else arr.copy()
+
+
 def load(path, model=None, optimizer=None):
     """Load what ``pe.save`` wrote (or any safetensors file).
 
@@ -217,7 +225,8 @@ def load(path, model=None, optimizer=None):
         tensors = _st.load(data)
     except Exception as exc:  # safetensors' SafetensorError: truncated, bad offsets
         raise ValueError(f"pe.load: '{path}' is truncated or corrupt: {exc}") from None
-    tensors = {k: (v if v.flags.writeable else v.copy()) for k, v in tensors.items()}
+    # safetensors.numpy gives 0-d tensors back as shape (1,): reshape from the header
+    tensors = {k: _fix_array(v, header.get(k), path, k) for k, v in tensors.items()}
     meta = header.get("__metadata__") or {}
     if _TREE_KEY in meta:
         try:
