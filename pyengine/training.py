@@ -357,7 +357,8 @@ def _wants_metric(scheduler):
 
 
 def _fmt(logs):
-    return {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in logs.items()}
+    return {k: ((f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}") if isinstance(v, float) else v)
+            for k, v in logs.items()}
 
 
 def fit(model, loss_fn, optimizer, train, epochs, val=None, batch_size=32, scheduler=None,
