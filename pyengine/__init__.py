@@ -17,3 +17,4 @@ from pyengine.data import DataLoader, Subset, TensorDataset, random_split, train
 from pyengine.io import load, save
 from pyengine.training import Checkpoint, EarlyStopping, History, evaluate, fit, predict
 from pyengine import optim
+from pyengine.optim import clip_grad_norm_, clip_grad_value_

@@ -29,7 +29,7 @@ def sgd_update(param, grad, momentum_buffer=None, *, lr, momentum=0.0, dampening
 
 
 def rmsprop_update(param, grad, square_avg, momentum_buffer=None, grad_avg=None, *,
-                   lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                   lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                    centered=False, maximize=False):
     """One RMSprop step. Returns (param, square_avg, momentum_buffer, grad_avg).
 
@@ -53,7 +53,7 @@ def rmsprop_update(param, grad, square_avg, momentum_buffer=None, grad_avg=None,
     return param, square_avg, momentum_buffer, grad_avg
 
 
-def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr,
+def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
                 beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, amsgrad=False,
                 maximize=False, decoupled=False):
     """One Adam step (AdamW when decoupled). `step` counts from 1.
@@ -80,7 +80,7 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, 
     return param, exp_avg, exp_avg_sq, max_exp_avg_sq
 
 
-def adamw_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr,
+def adamw_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
                  beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2, amsgrad=False,
                  maximize=False):
     """One AdamW step: Adam with decoupled weight decay p *= 1 - lr * weight_decay."""
