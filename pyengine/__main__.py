@@ -1,4 +1,4 @@
-"""Command line: ``python -m pyengine demo | info``."""
+"""Command line: ``python -m pyengine demo | bench | info``."""
 
 import argparse
 import sys
@@ -94,6 +94,10 @@ def cmd_info(args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from pyengine import bench
+        return bench.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m pyengine",
                                      description="pyengine command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +110,8 @@ def main(argv=None):
     demo.add_argument("--progress", action="store_true",
                       help="show the progress bar even when stderr is not a terminal")
     demo.set_defaults(func=cmd_demo)
+    sub.add_parser("bench", help="compare with reference NumPy and PyTorch "
+                   "(python -m pyengine bench --help)")
     info = sub.add_parser("info", help="build, thread and BLAS information")
     info.set_defaults(func=cmd_info)
     args = parser.parse_args(argv)
