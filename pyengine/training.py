@@ -357,8 +357,8 @@ def _wants_metric(scheduler):
 
 
 def _fmt(logs):
-    return {k: ((f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}") if isinstance(v, float) else v)
-            for k, v in logs.items()}
+    return {k: ((f"{v:.4f}" if 1e-3 <= abs(v) < 1e4 or v == 0 else f"{v:.4g}")
+                if isinstance(v, float) else v) for k, v in logs.items()}
 
 
 def fit(model, loss_fn, optimizer, train, epochs, val=None, batch_size=32, scheduler=None,
@@ -389,7 +389,10 @@ def fit(model, loss_fn, optimizer, train, epochs, val=None, batch_size=32, sched
         metrics: names (``'accuracy'``, ``'mse'``, ``'mae'``) or callables
             ``fn(pred, target) -> float`` (a batch mean; the history keeps
             its batch-size-weighted mean over the epoch).
-        verbose: a tqdm progress bar per epoch (loss, metrics, samples/s).
+        verbose: 0/False: silent; 1/True: a tqdm progress bar per epoch
+            (loss, metrics, samples/s) left on screen; 2: the same bar,
+            erased at the end of each epoch (for callers printing their own
+            per-epoch summary).
         shuffle: reshuffle the training samples every epoch.
         seed: seeds the shuffling; None draws from the engine's RNG
             (``pe.manual_seed``), so seeded runs repeat exactly.
@@ -446,7 +449,7 @@ def fit(model, loss_fn, optimizer, train, epochs, val=None, batch_size=32, sched
             lr = optimizer.param_groups[0]["lr"] if getattr(optimizer, "param_groups", None) else None
             t0 = time.perf_counter()
             bar = tqdm(total=total, desc=f"Epoch {epoch}/{epochs}", unit="sample",
-                       disable=not verbose, leave=True, dynamic_ncols=True)
+                       disable=not verbose, leave=verbose != 2, dynamic_ncols=True)
             nonfinite = False
             try:
                 for batch in train_loader:
@@ -495,7 +498,7 @@ def fit(model, loss_fn, optimizer, train, epochs, val=None, batch_size=32, sched
             if early_stopping is not None and early_stopping.update(epoch, logs, model):
                 history.stopped_early = True
                 history.stop_reason = "early_stopping"
-                if verbose:
+                if verbose == 1:
                     print(f"Early stopping after epoch {epoch}: no improvement in "
                           f"{early_stopping.monitor} for {early_stopping.patience} epochs "
                           f"(best {early_stopping.best:.4f} at epoch {early_stopping.best_epoch})")
@@ -506,7 +509,7 @@ def fit(model, loss_fn, optimizer, train, epochs, val=None, batch_size=32, sched
     if early_stopping is not None and early_stopping.restore_best and \
             early_stopping.best_state is not None and early_stopping.best_epoch != history.epochs:
         model.load_state_dict(early_stopping.best_state)
-        if verbose:
+        if verbose == 1:
             print(f"Restored the weights of epoch {early_stopping.best_epoch} "
                   f"({early_stopping.monitor}={early_stopping.best:.4f})")
     return history

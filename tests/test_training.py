@@ -339,3 +339,24 @@ def test_same_seed_gives_bitwise_identical_training(threads):
     for k in a:
         assert np.array_equal(a[k], b[k]), k
     assert not np.array_equal(a["0.weight"], c["0.weight"])
+
+
+def test_demo_saves_checkpoint_and_eval_rebuilds_it(tmp_path, capsys):
+    if not (hasattr(pe, "ReLU") and hasattr(pe, "CrossEntropyLoss")):
+        pytest.skip("pe.ReLU / pe.CrossEntropyLoss not merged yet")
+    from pyengine.__main__ import main
+
+    path = str(tmp_path / "demo.safetensors")
+    main(["demo", "--epochs", "4", "--threads", "1", "--checkpoint", path])
+    out = capsys.readouterr().out
+    assert "test accuracy:" in out and "reloaded: test accuracy" in out
+    assert "MISMATCH" not in out
+    ckpt = pe.load(path)
+    assert ckpt["arch"]["name"] == "mlp" and "optimizer" in ckpt
+    assert main(["eval", path]) == 0
+    out = capsys.readouterr().out
+    assert f"(epoch {ckpt['epoch']})" in out and "test accuracy:" in out
+
+    pe.save({"just": np.zeros(2)}, tmp_path / "other.safetensors")
+    assert main(["eval", str(tmp_path / "other.safetensors")]) == 2
+    assert "not a pyengine demo checkpoint" in capsys.readouterr().err
