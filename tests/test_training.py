@@ -223,6 +223,51 @@ def test_scheduler_from_pe_optim_if_available():
     assert np.allclose(hist["lr"], [0.1, 0.1, 0.05, 0.05])
 
 
+def test_reduce_lr_on_plateau_from_pe_optim_gets_val_loss():
+    plateau = getattr(pe.optim, "ReduceLROnPlateau", None)
+    if plateau is None:
+        pytest.skip("pe.optim.ReduceLROnPlateau not merged yet")
+    x, y = _blobs(60)
+    model = _mlp()
+    opt = pe.optim.SGD(model.parameters(), lr=0.1)
+    # mode='max' on a falling val loss: every epoch after the first is "no improvement"
+    sched = plateau(opt, mode="max", factor=0.5, patience=0)
+    hist = pe.fit(model, CrossEntropyLoss(), opt, (x, y), epochs=4, val=(x, y),
+                  scheduler=sched, verbose=False)
+    assert all(a > b for a, b in zip(hist["val_loss"], hist["val_loss"][1:]))
+    assert np.allclose(hist["lr"], [0.1, 0.1, 0.05, 0.025])
+    assert sched.best == hist["val_loss"][0]
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_training(tmp_path):
+    """Model + Adam state through a safetensors checkpoint: bitwise the same run."""
+    if not hasattr(pe.optim, "Adam"):
+        pytest.skip("pe.optim.Adam not merged yet")
+    x, y = _blobs(96)
+
+    def setup():
+        model = _mlp(seed=3)
+        return model, pe.optim.Adam(model.parameters(), lr=0.01)
+
+    def run(model, opt, epochs, **kw):
+        return pe.fit(model, CrossEntropyLoss(), opt, (x, y), epochs=epochs, batch_size=16,
+                      shuffle=False, verbose=False, **kw)
+
+    model, opt = setup()
+    run(model, opt, 4)
+    full = model.state_dict()
+
+    model, opt = setup()
+    path = tmp_path / "ckpt.safetensors"
+    run(model, opt, 2, checkpoint=pe.Checkpoint(path, monitor="loss", save_best_only=False))
+    model, opt = setup()  # a fresh process would start like this
+    ckpt = pe.load(path, model=model, optimizer=opt)
+    assert ckpt["epoch"] == 2
+    run(model, opt, 2)
+    for k, v in full.items():
+        assert np.array_equal(model.state_dict()[k], v), k
+
+
 def test_checkpoint_path_saves_best_epoch(tmp_path):
     x, y = _blobs(120)
     model = _mlp()
