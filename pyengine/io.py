@@ -80,6 +80,8 @@ def _encode(obj, path, tensors):
     if isinstance(obj, dict):
         items = []
         for k, v in obj.items():
+            if isinstance(k, np.integer):
+                k = int(k)
             if not isinstance(k, _SCALARS):
                 raise TypeError(f"pe.save: dict key {k!r} at '{path}' must be a str, int, "
                                 f"float, bool or None, got {type(k).__name__}")

@@ -36,9 +36,10 @@ def _accuracy_counts(pred, target):
     """(correct, total) for class logits (argmax) or single logits (threshold 0)."""
     pred = np.asarray(pred)
     target = np.asarray(target)
-    if pred.ndim == target.ndim + 1:  # class scores on axis 1, integer targets
+    single_logit = pred.ndim == target.ndim + 1 and pred.shape[1] == 1
+    if pred.ndim == target.ndim + 1 and not single_logit:  # class scores on axis 1
         hits = np.argmax(pred, axis=1) == target
-    elif pred.ndim == target.ndim or (pred.ndim == 2 and pred.shape[1] == 1 and target.ndim == 1):
+    elif (pred.ndim == target.ndim and pred.shape == target.shape) or single_logit:
         # binary / multi-label logits: positive when the logit is > 0
         hits = (pred.reshape(target.shape) > 0) == (target > 0.5)
     else:
@@ -47,15 +48,22 @@ def _accuracy_counts(pred, target):
     return float(np.count_nonzero(hits)), float(hits.size)
 
 
-def _squared_error_counts(pred, target):
+def _error(pred, target, name):
     pred = np.asarray(pred, dtype=np.float64)
-    diff = pred.reshape(-1) - np.asarray(target, dtype=np.float64).reshape(-1)
+    target = np.asarray(target, dtype=np.float64)
+    if pred.size != target.size:
+        raise ValueError(f"{name}: predictions of shape {pred.shape} and targets of shape "
+                         f"{target.shape} have different sizes")
+    return pred.reshape(-1) - target.reshape(-1)
+
+
+def _squared_error_counts(pred, target):
+    diff = _error(pred, target, "mse")
     return float(diff @ diff), float(diff.size)
 
 
 def _abs_error_counts(pred, target):
-    pred = np.asarray(pred, dtype=np.float64)
-    diff = pred.reshape(-1) - np.asarray(target, dtype=np.float64).reshape(-1)
+    diff = _error(pred, target, "mae")
     return float(np.abs(diff).sum()), float(diff.size)
 
 
@@ -441,6 +449,10 @@ def fit(model, loss_fn, optimizer, train, epochs, val=None, batch_size=32, sched
     sum_reduction = _sum_reduction(loss_fn)
     was_training = model.training
     total = train_loader.num_samples
+    if len(train_loader) == 0:
+        raise ValueError(f"fit: the training data gives no batches ({len(train_loader.dataset)} "
+                         f"samples, batch_size={train_loader.batch_size}, "
+                         f"drop_last={train_loader.drop_last})")
 
     try:
         for epoch in range(1, epochs + 1):

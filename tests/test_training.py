@@ -325,8 +325,14 @@ def test_binary_accuracy_threshold_at_zero():
         def forward(self, x):
             return logits[x[:, 0].astype(int)]
 
-    res = pe.evaluate(Fixed(), None, (np.arange(4, dtype=np.float32)[:, None], target))
-    assert res == {"accuracy": 0.75}
+    idx = np.arange(4, dtype=np.float32)[:, None]
+    assert pe.evaluate(Fixed(), None, (idx, target)) == {"accuracy": 0.75}
+    # a single logit column against 1-d targets is binary too (not an argmax over 1 class)
+    assert pe.evaluate(Fixed(), None, (idx, target[:, 0])) == {"accuracy": 0.75}
+    res = pe.evaluate(Fixed(), None, (idx, target), metrics=("mse", "mae"))
+    assert np.isclose(res["mse"], (1 + 1 + 0.25 + 9) / 4) and np.isclose(res["mae"], (1 + 1 + 0.5 + 3) / 4)
+    with pytest.raises(ValueError, match="mse: predictions of shape"):
+        pe.evaluate(Fixed(), None, (idx, np.zeros((4, 2))), metrics=("mse",))
 
 
 def test_fit_argument_errors():
@@ -342,6 +348,9 @@ def test_fit_argument_errors():
         pe.fit(model, loss, opt, (x, y, y), epochs=1, verbose=False)
     with pytest.raises(ValueError, match="same length"):
         pe.fit(model, loss, opt, (x, y[:-1]), epochs=1, verbose=False)
+    with pytest.raises(ValueError, match="no batches"):
+        pe.fit(model, loss, opt, pe.DataLoader((x, y), batch_size=64, drop_last=True),
+               epochs=1, verbose=False)
 
 
 def test_non_finite_loss_stops_with_warning():
