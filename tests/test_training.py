@@ -395,6 +395,13 @@ def test_same_seed_gives_bitwise_identical_training(threads):
     assert not np.array_equal(a["0.weight"], c["0.weight"])
 
 
+def test_training_identical_for_1_and_2_threads():
+    # the engine's chunking makes results independent of the thread count
+    a, b = _train_once(7, 1), _train_once(7, 2)
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
 def test_demo_saves_checkpoint_and_eval_rebuilds_it(tmp_path, capsys):
     if not (hasattr(pe, "ReLU") and hasattr(pe, "CrossEntropyLoss")):
         pytest.skip("pe.ReLU / pe.CrossEntropyLoss not merged yet")
