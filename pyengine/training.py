@@ -471,10 +471,10 @@ def fit(model, loss_fn, optimizer, train, epochs, val=None, batch_size=32, sched
                     if not math.isfinite(loss):
                         nonfinite = True
                         break
+                    meter.add(loss, pred, yb)  # before backward, which may reuse pred's buffer
                     optimizer.zero_grad()
                     model.backward(loss_fn.backward(), input_grad=False)
                     optimizer.step()
-                    meter.add(loss, pred, yb)
                     if verbose:
                         bar.set_postfix(_fmt(meter.result()), refresh=False)
                         bar.update(len(pred))
