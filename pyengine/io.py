@@ -25,8 +25,8 @@ directory, are flushed and fsync'ed, and then replace the target with
 
 import json
 import os
+import secrets
 import struct
-import tempfile
 from collections import OrderedDict
 
 import numpy as np
@@ -138,8 +138,11 @@ def _fsync_dir(directory):
 def _atomic_write(path, data):
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
+    # Not tempfile.mkstemp: its 0600 mode would end up on the saved file. os.open
+    # with 0666 lets the umask decide, as for any newly created file.
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}."
+                                  f"{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             _write_all(f, data)

@@ -220,6 +220,16 @@ def test_interrupted_save_keeps_previous_file(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["m.safetensors"]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_saved_file_gets_umask_mode_not_temp_file_mode(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        pe.save({"a": np.zeros(3)}, tmp_path / "m.safetensors")
+    finally:
+        os.umask(umask)
+    assert (os.stat(tmp_path / "m.safetensors").st_mode & 0o777) == 0o644
+
+
 def test_save_replaces_existing_file(tmp_path):
     path = tmp_path / "m.safetensors"
     pe.save({"a": np.zeros(3)}, path)
