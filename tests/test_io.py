@@ -237,3 +237,25 @@ def test_save_replaces_existing_file(tmp_path):
     back = pe.load(path)
     assert list(back) == ["b"] and np.array_equal(back["b"], np.ones(2, np.float32))
     assert os.listdir(tmp_path) == ["m.safetensors"]
+
+
+def test_torch_reads_saved_state_dict_and_pe_reads_torch_file(tmp_path, rng):
+    torch = pytest.importorskip("torch")
+    st_torch = pytest.importorskip("safetensors.torch")
+    pe.manual_seed(0)
+    model = pe.Sequential(pe.Linear(5, 4), pe.Linear(4, 2))
+    pe.save(model, tmp_path / "pe.safetensors")
+    tmodel = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 2))
+    tmodel.load_state_dict(st_torch.load_file(str(tmp_path / "pe.safetensors")))
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    with torch.no_grad():
+        expected = tmodel(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model(x), expected, rtol=1e-5, atol=1e-6)
+
+    with torch.no_grad():
+        for p in tmodel.parameters():
+            p.mul_(2.0)
+    st_torch.save_file(tmodel.state_dict(), str(tmp_path / "torch.safetensors"))
+    pe.load(tmp_path / "torch.safetensors", model=model)
+    for k, v in tmodel.state_dict().items():
+        assert np.array_equal(model.state_dict()[k], v.numpy()), k
