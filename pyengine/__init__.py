@@ -13,6 +13,9 @@ __version__ = "0.1.0"
 from pyengine.gradcheck import GradcheckError, gradcheck
 from pyengine import init, reference
 from pyengine.linear import Identity, Linear
+from pyengine.data import DataLoader, Subset, TensorDataset, random_split, train_val_split
+from pyengine.io import load, save
+from pyengine.training import Checkpoint, EarlyStopping, History, evaluate, fit, predict
 from pyengine import optim
 from pyengine.activation import (GELU, Flatten, LeakyReLU, LogSoftmax, ReLU, Sigmoid,
                                  Softmax, Softplus, Tanh)
