@@ -11,3 +11,4 @@ from pyengine.module import Module, Parameter, Sequential, is_grad_enabled, no_g
 
 __version__ = "0.1.0"
 from pyengine.gradcheck import GradcheckError, gradcheck
+from pyengine.conv import Conv2d
