@@ -23,3 +23,4 @@ from pyengine.loss import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss, NL
 from pyengine.optim import clip_grad_norm_, clip_grad_value_
 from pyengine.norm import BatchNorm1d, BatchNorm2d
 from pyengine.dropout import Dropout
+from pyengine.conv import Conv2d
