@@ -1,10 +1,17 @@
 """Thin argument checking shared by the Python entries of every kernel family.
 
 Conversions are documented and never silent misreads:
-- float32 and float64 arrays are used as they are when C-contiguous;
-  a non-contiguous array is copied to a C-contiguous one.
+- float32 and float64 arrays are used as they are when C-contiguous and
+  writeable; a non-contiguous or read-only array (a broadcast view, a
+  read-only memory map) is copied to a C-contiguous one (the kernels' typed
+  memoryviews need a writeable buffer; the copy is never written back).
 - any other dtype (float16, integers, bool, object) is rejected with TypeError.
+- a shape whose byte size overflows Py_ssize_t raises ValueError, and an
+  allocation the machine cannot satisfy raises MemoryError naming the array,
+  both before any kernel runs.
 """
+
+import sys
 
 import numpy as np
 
@@ -35,15 +42,52 @@ def float_array(x, name, ndim=None, dtype=None):
         if x.ndim not in allowed:
             want = " or ".join(str(a) for a in allowed)
             raise ValueError(f"{name} must be {want}-dimensional, got shape {x.shape}")
-    if not x.flags.c_contiguous:
-        x = np.ascontiguousarray(x)
+    if not x.flags.c_contiguous or not x.flags.writeable:
+        check_size(x.shape, x.dtype, name)
+        try:
+            x = np.array(x, order="C", copy=True)
+        except MemoryError:
+            raise MemoryError(f"{name}: cannot allocate {_fmt_bytes(x.size * x.itemsize)} "
+                              f"for a contiguous copy of shape {x.shape}") from None
     return x
+
+
+def _fmt_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+
+
+def check_size(shape, dtype, name):
+    """Number of elements of `shape`; ValueError when its bytes overflow Py_ssize_t."""
+    n = 1
+    for d in shape:
+        d = int(d)
+        if d < 0:
+            raise ValueError(f"{name} must have non-negative dimensions, got shape {tuple(shape)}")
+        n *= d
+    if n * np.dtype(dtype).itemsize > sys.maxsize:
+        raise ValueError(f"{name} of shape {tuple(shape)} would hold {n} elements: its size "
+                         f"overflows Py_ssize_t (max {sys.maxsize} bytes)")
+    return n
+
+
+def empty(shape, dtype, name):
+    """np.empty with the size checked first and a MemoryError naming the array."""
+    shape = tuple(int(d) for d in shape)
+    n = check_size(shape, dtype, name)
+    try:
+        return np.empty(shape, dtype=dtype)
+    except MemoryError:
+        raise MemoryError(f"{name}: cannot allocate {_fmt_bytes(n * np.dtype(dtype).itemsize)} "
+                          f"for shape {shape}") from None
 
 
 def out_array(out, name, shape, dtype):
     """Validate a caller-supplied output array, or allocate one."""
     if out is None:
-        return np.empty(shape, dtype=dtype)
+        return empty(shape, dtype, name)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(out).__name__}")
     if out.dtype != dtype:

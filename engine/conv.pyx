@@ -15,7 +15,8 @@ from engine._common cimport (ENGINE_OK, ENGINE_EBADARG, ENGINE_ENOMEM,
                              ceil_div)
 from engine._threads cimport engine_num_threads
 from engine.blas cimport gemm, gemm_parallel
-from engine._validate import float_array, out_array, check_blas_size
+from engine._validate import (float_array, out_array, check_blas_size, check_size, empty,
+                              BLAS_INT_MAX)
 
 # -- tuning constants ---------------------------------------------------------
 # im2col: images whose output has fewer pixels than this are batched into one
@@ -1138,6 +1139,13 @@ cdef Conv2dParams _make_params(x_shape, w_shape, stride, padding, dilation,
         raise ValueError(f"weight's out channels {K} not divisible by groups={groups}")
     if N < 1 or H < 1 or W < 1:
         raise ValueError(f"input must be non-empty, got shape {x_shape}")
+    # Sizes the kernel indexes in Py_ssize_t: reject overflow before any
+    # arithmetic below is stored in the C struct.
+    check_size(x_shape, np.float64, "x")
+    check_size(w_shape, np.float64, "weight")
+    if max(sh, sw, dh, dw, top, bottom, left, right) > BLAS_INT_MAX:
+        raise ValueError(f"stride, padding and dilation must be < 2**31, got stride={stride!r}, "
+                         f"padding={padding!r}, dilation={dilation!r}")
     eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
     if H + top + bottom < eh or W + left + right < ew:
         raise ValueError(f"kernel ({kh}, {kw}) with dilation ({dh}, {dw}) is larger than "
@@ -1278,7 +1286,7 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
     kh, kw = _pair(kernel_size, "kernel_size")
     cdef Conv2dParams p = _make_params(x.shape, (1, x.shape[1], kh, kw), stride,
                                        padding, dilation, 1)
-    cols = np.empty((p.N, p.C * p.kh * p.kw, p.OH * p.OW), x.dtype)
+    cols = empty((p.N, p.C * p.kh * p.kw, p.OH * p.OW), x.dtype, "cols")
     cdef int err
     if x.dtype == np.float32:
         err = _im2col[float](p, x, cols)
@@ -1307,7 +1315,7 @@ def col2im(cols, x_shape, kernel_size, stride=1, padding=0, dilation=1):
     want = (p.N, p.C * p.kh * p.kw, p.OH * p.OW)
     if cols.shape != want:
         raise ValueError(f"cols must have shape {want}, got {cols.shape}")
-    dx = np.empty(x_shape, cols.dtype)
+    dx = empty(x_shape, cols.dtype, "grad_input")
     cdef int err
     if cols.dtype == np.float32:
         err = _col2im[float](p, cols, dx)

@@ -15,7 +15,7 @@ from cython.parallel cimport prange
 from engine._common cimport (ENGINE_OK, ENGINE_EBADARG, engine_ftz_enter,
                              engine_ftz_exit, ceil_div)
 from engine._threads cimport engine_num_threads
-from engine._validate import float_array
+from engine._validate import float_array, empty
 
 cdef enum:
     CHUNK_ELEMS = 65536
@@ -118,7 +118,8 @@ def keep_mask(shape, double p, key):
     """The keep mask (uint8, 1 = keep) that dropout() uses for `key`."""
     _check_p(p)
     cdef uint64_t k = _check_key(key)
-    mask = np.empty(shape, dtype=np.uint8)
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    mask = empty(shape, np.uint8, "shape")
     cdef uint8_t[::1] m = mask.reshape(-1)
     cdef Py_ssize_t n = m.shape[0]
     cdef int code

@@ -515,6 +515,10 @@ def class_targets(target, N, C, ignore_index, name="target"):
                         f"got dtype {target.dtype}")
     if target.ndim != 1 or target.shape[0] != N:
         raise ValueError(f"{name} must have shape ({N},), got {target.shape}")
+    if target.dtype.kind == "u" and target.size and target.max() > np.iinfo(np.int64).max:
+        # would wrap to a negative int64 (possibly equal to ignore_index)
+        raise ValueError(f"{name} contains class index {int(target.max())}, out of range "
+                         f"[0, {C}) (ignore_index={ignore_index})")
     target = np.ascontiguousarray(target, dtype=np.int64)
     bad = (target != ignore_index) & ((target < 0) | (target >= C))
     if bad.any():
