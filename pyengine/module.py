@@ -16,6 +16,10 @@ __all__ = ["Parameter", "Module", "Sequential", "no_grad", "is_grad_enabled"]
 
 _grad_state = threading.local()
 
+# Set by pyengine.anomaly.detect_anomaly() to a checker; None on the normal
+# path, so Module.__call__ pays one global test.
+_anomaly_hook = None
+
 
 def is_grad_enabled():
     """False inside ``with pe.no_grad():`` (per Python thread)."""
@@ -132,6 +136,8 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} has no backward()")
 
     def __call__(self, *args, **kwargs):
+        if _anomaly_hook is not None:
+            return _anomaly_hook(self, args, kwargs)
         return self.forward(*args, **kwargs)
 
     def _saved(self, attr):

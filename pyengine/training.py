@@ -371,7 +371,7 @@ def _fmt(logs):
 
 def fit(model, loss_fn, optimizer, train, epochs, val=None, batch_size=32, scheduler=None,
         early_stopping=None, checkpoint=None, metrics=("accuracy",), verbose=True,
-        shuffle=True, seed=None):
+        shuffle=True, seed=None, detect_anomaly=False):
     """Train ``model`` for ``epochs`` epochs; returns a :class:`History`.
 
     Args:
@@ -404,6 +404,9 @@ def fit(model, loss_fn, optimizer, train, epochs, val=None, batch_size=32, sched
         shuffle: reshuffle the training samples every epoch.
         seed: seeds the shuffling; None draws from the engine's RNG
             (``pe.manual_seed``), so seeded runs repeat exactly.
+        detect_anomaly: run inside :func:`pyengine.detect_anomaly`: the first
+            module producing a NaN/Inf (forward or backward) raises
+            ``AnomalyError`` naming it (slower; for debugging).
 
     Returns:
         History: ``history['loss']``, ``['accuracy']``, ``['val_loss']``,
@@ -412,6 +415,13 @@ def fit(model, loss_fn, optimizer, train, epochs, val=None, batch_size=32, sched
     """
     from tqdm.auto import tqdm
 
+    if detect_anomaly:
+        from pyengine.anomaly import detect_anomaly as anomaly_context
+        with anomaly_context():
+            return fit(model, loss_fn, optimizer, train, epochs, val=val, batch_size=batch_size,
+                       scheduler=scheduler, early_stopping=early_stopping,
+                       checkpoint=checkpoint, metrics=metrics, verbose=verbose,
+                       shuffle=shuffle, seed=seed)
     if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer. Received: epochs={epochs!r}")
     metric_fns = _resolve_metrics(metrics)
