@@ -16,6 +16,7 @@ from libc.math cimport tanh as c_tanh  # `tanh` is the Python entry below
 from engine._common cimport (ENGINE_OK, ENGINE_EBADARG, engine_ftz_enter,
                              engine_ftz_exit, ceil_div)
 from engine._threads cimport engine_num_threads
+from engine._vecmath cimport ENGINE_VECMATH
 from engine._validate import float_array, out_array
 
 # Elements per chunk (and per row group): 64 KiB of float32, large enough to
@@ -135,21 +136,16 @@ cdef floating row_max(const floating* x, Py_ssize_t n) noexcept nogil:
 
 cdef inline floating _row_sum_exp(const floating* x, floating shift,
                                   Py_ssize_t n) noexcept nogil:
-    cdef floating acc[16]
-    cdef floating s
-    cdef Py_ssize_t i, j, n16 = n - n % 16
-    for j in range(16):
-        acc[j] = 0
-    for i in range(0, n16, 16):
-        for j in range(16):
-            acc[j] += _exp(x[i + j] - shift)
-    for j in range(8):
-        acc[j] += acc[j + 8]
-    for j in range(4):
-        acc[j] += acc[j + 4]
-    s = (acc[0] + acc[2]) + (acc[1] + acc[3])
-    for i in range(n16, n):
-        s += _exp(x[i] - shift)
+    """sum(exp(x - shift)) in blocks of 256: the exp loop vectorises (it
+    calls the SIMD exp), the block sum uses row_sum's fixed order."""
+    cdef floating buf[256]
+    cdef floating s = 0
+    cdef Py_ssize_t lo, j, m
+    for lo in range(0, n, 256):
+        m = min(256, n - lo)
+        for j in range(m):
+            buf[j] = _exp(x[lo + j] - shift)
+        s += row_sum(buf, m)
     return s
 
 
@@ -490,6 +486,11 @@ def _apply(int op, a, dy, out, double p0=0, double p1=0, bint rows=False,
     if rc != ENGINE_OK:
         raise ValueError(f"activation kernel rejected its arguments (code {rc})")
     return out
+
+
+def vector_math_enabled():
+    """True when exp/log1p/tanh/erf loops call glibc's SIMD variants (libmvec)."""
+    return bool(ENGINE_VECMATH)
 
 
 def relu(x, out=None):

@@ -16,6 +16,7 @@ from engine._common cimport (ENGINE_OK, ENGINE_EBADARG, ENGINE_ENOMEM,
                              ENGINE_EINDEX, engine_ftz_enter, engine_ftz_exit,
                              ceil_div)
 from engine._threads cimport engine_num_threads
+from engine._vecmath cimport ENGINE_VECMATH  # noqa: F401 (SIMD exp/log1p declarations)
 from engine.activation cimport row_max, row_sum
 from engine._validate import float_array, out_array
 

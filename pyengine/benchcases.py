@@ -203,3 +203,100 @@ def mlp_step_case(backend, quick):
         return out
 
     return run, outputs
+
+
+# -- Activations and the fused cross-entropy (forward + backward) -----------------
+
+_ACT_SHAPE = (128, 4096)
+_ACT_MODULES = {  # case name -> (pe / torch.nn constructor source, reference name)
+    "relu": ("ReLU()", "relu"),
+    "gelu": ("GELU()", "gelu"),
+    "softmax": ("Softmax(dim=1)", "softmax"),
+}
+
+
+def _activation_builder(name):
+    expr, ref_name = _ACT_MODULES[name]
+
+    def build(backend, quick):
+        rng = np.random.default_rng(3)
+        x = rng.standard_normal(_ACT_SHAPE).astype(np.float32)
+        dy = rng.standard_normal(_ACT_SHAPE).astype(np.float32)
+        state = {}
+        if backend == "pyengine":
+            import pyengine as pe
+            m = eval("pe." + expr)
+
+            def run():
+                state["y"] = m(x)
+                state["dx"] = m.backward(dy)
+
+            return run, lambda: state
+        if backend == "reference":
+            from pyengine import reference as ref
+            fwd = getattr(ref, ref_name + "_forward")
+            bwd = getattr(ref, ref_name + "_backward")
+
+            def run():
+                state["y"] = fwd(x)
+                state["dx"] = bwd(x, dy)
+
+            return run, lambda: state
+        torch = _torch()
+        m = eval("torch.nn." + expr)
+        tx = torch.from_numpy(x).requires_grad_(True)
+        tdy = torch.from_numpy(dy)
+
+        def run():
+            tx.grad = None
+            y = m(tx)
+            y.backward(tdy)
+            state["y"] = y
+
+        return run, lambda: dict(y=state["y"].detach().numpy(), dx=tx.grad.numpy())
+
+    return build
+
+
+for _name in _ACT_MODULES:
+    case(_name, f"{_ACT_SHAPE[0]}x{_ACT_SHAPE[1]} fwd+bwd", 0)(_activation_builder(_name))
+
+
+_CE_SHAPE = (128, 1000)
+
+
+@case("cross_entropy", f"{_CE_SHAPE[0]}x{_CE_SHAPE[1]} fwd+bwd", 0)
+def cross_entropy_case(backend, quick):
+    rng = np.random.default_rng(4)
+    x = (3 * rng.standard_normal(_CE_SHAPE)).astype(np.float32)
+    t = rng.integers(0, _CE_SHAPE[1], _CE_SHAPE[0])
+    state = {}
+    if backend == "pyengine":
+        import pyengine as pe
+        loss_fn = pe.CrossEntropyLoss()
+
+        def run():
+            state["loss"] = np.array(loss_fn(x, t))
+            state["dx"] = loss_fn.backward()
+
+        return run, lambda: state
+    if backend == "reference":
+        from pyengine import reference as ref
+
+        def run():
+            state["loss"] = np.array(ref.cross_entropy_forward(x, t))
+            state["dx"] = ref.cross_entropy_backward(x, t)
+
+        return run, lambda: state
+    torch = _torch()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    tx = torch.from_numpy(x).requires_grad_(True)
+    tt = torch.from_numpy(t)
+
+    def run():
+        tx.grad = None
+        loss = loss_fn(tx, tt)
+        loss.backward()
+        state["loss"] = loss
+
+    return run, lambda: dict(loss=state["loss"].detach().numpy(), dx=tx.grad.numpy())
