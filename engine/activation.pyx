@@ -117,21 +117,34 @@ cdef floating row_sum(const floating* x, Py_ssize_t n) noexcept nogil:
     return s
 
 
+cdef extern from *:
+    """
+    /* Row maximum as an OpenMP SIMD max-reduction: GCC does not vectorise the
+       compare-and-select loop by itself (NaN ordering), and the result does
+       not depend on the order (a NaN entry may be skipped; it still poisons
+       the row through exp(x - max)). Serial without OpenMP: same value. */
+    static inline float engine_row_max_f(const float* x, Py_ssize_t n) {
+        float m = x[0];
+        #pragma omp simd reduction(max:m)
+        for (Py_ssize_t i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
+        return m;
+    }
+    static inline double engine_row_max_d(const double* x, Py_ssize_t n) {
+        double m = x[0];
+        #pragma omp simd reduction(max:m)
+        for (Py_ssize_t i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
+        return m;
+    }
+    """
+    float engine_row_max_f(const float* x, Py_ssize_t n) noexcept nogil
+    double engine_row_max_d(const double* x, Py_ssize_t n) noexcept nogil
+
+
 cdef floating row_max(const floating* x, Py_ssize_t n) noexcept nogil:
-    cdef floating acc[16]
-    cdef floating m = x[0]
-    cdef Py_ssize_t i, j, n16 = n - n % 16
-    if n16 > 0:
-        for j in range(16):
-            acc[j] = x[j]
-        for i in range(16, n16, 16):
-            for j in range(16):
-                acc[j] = x[i + j] if x[i + j] > acc[j] else acc[j]
-        for j in range(16):
-            m = acc[j] if acc[j] > m else m
-    for i in range(n16, n):
-        m = x[i] if x[i] > m else m
-    return m
+    if floating is float:
+        return engine_row_max_f(x, n)
+    else:
+        return engine_row_max_d(x, n)
 
 
 cdef inline floating _row_sum_exp(const floating* x, floating shift,
