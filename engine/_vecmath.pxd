@@ -1,8 +1,8 @@
 # Vectorised libm for the element-wise kernels (header-only).
 #
-# GCC vectorises a loop that calls expf/exp/log1pf/tanhf/erff/... only when it
+# GCC vectorises a loop that calls expf/exp/log1pf/tanhf/erfcf/... only when it
 # knows a SIMD variant exists. glibc's libmvec provides them (exp, log since
-# 2.22; log1p, tanh, erf since 2.35; accuracy within 4 ulp), but <math.h>
+# 2.22; log1p, tanh, erf, erfc since 2.35; accuracy within 4 ulp), but <math.h>
 # announces them only under -ffast-math, which we do not want (it would also
 # drop NaN/inf semantics). Redeclaring the functions with the `simd`
 # attribute announces the variants without changing any other semantics.
@@ -31,6 +31,8 @@ cdef extern from *:
     double tanh(double) ENGINE_SIMD;
     float erff(float) ENGINE_SIMD;
     double erf(double) ENGINE_SIMD;
+    float erfcf(float) ENGINE_SIMD;
+    double erfc(double) ENGINE_SIMD;
     #else
     #define ENGINE_VECMATH 0
     #endif
