@@ -488,7 +488,7 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, steps=
                                                  ("max_exp_avg_sqs", vms)])
     if steps is None:
         raise ValueError("adam_step needs steps (the step count of each parameter)")
-    steps = [steps] * len(params) if np.ndim(steps) == 0 else list(steps)
+    steps = list(steps) if isinstance(steps, (list, tuple, np.ndarray)) else [steps] * len(params)
     if len(steps) != len(params):
         raise ValueError(f"steps has {len(steps)} entries, params has {len(params)}")
     hp.lr = lr
