@@ -11,3 +11,4 @@ from pyengine.reference.activation import *  # noqa: F401,F403
 from pyengine.reference.loss import *  # noqa: F401,F403
 from pyengine.reference.norm import *  # noqa: F401,F403
 from pyengine.reference.dropout import *  # noqa: F401,F403
+from pyengine.reference.conv import *  # noqa: F401,F403
