@@ -11,3 +11,5 @@ from pyengine.module import Module, Parameter, Sequential, is_grad_enabled, no_g
 
 __version__ = "0.1.0"
 from pyengine.gradcheck import GradcheckError, gradcheck
+from pyengine.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from pyengine.containers import Concat, Residual
