@@ -66,3 +66,17 @@ def positive_int(value, name, minimum=1):
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}. Received: {name}={value}")
     return int(value)
+
+
+def export_entries(namespace, **entries):
+    """Publish Python entries under the kernels' own names.
+
+    A .pyx cannot hold a `def` and a `cdef` of one name, so a Python entry is
+    written as `_name_py` and published here as `name`; the C-level entry of
+    that name stays reachable by cimport (it lives in `__pyx_capi__`, not in
+    the module dict).
+    """
+    for name, fn in entries.items():
+        fn.__name__ = name
+        fn.__qualname__ = name
+        namespace[name] = fn

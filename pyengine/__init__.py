@@ -11,5 +11,7 @@ from pyengine.module import Module, Parameter, Sequential, is_grad_enabled, no_g
 
 __version__ = "0.1.0"
 from pyengine.gradcheck import GradcheckError, gradcheck
+from pyengine import init, reference
+from pyengine.linear import Identity, Linear
 from pyengine.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from pyengine.containers import Concat, Residual

@@ -92,14 +92,21 @@ class Module:
                 f"{type(self).__name__}.__init__ must call super().__init__() "
                 "before assigning attributes")
         params, modules, buffers = self._parameters, self._modules, self._buffers
-        for d in (params, modules, buffers):
-            d.pop(name, None)
         if isinstance(value, Parameter):
+            modules.pop(name, None)
+            buffers.pop(name, None)
             params[name] = value
         elif isinstance(value, Module):
+            params.pop(name, None)
+            buffers.pop(name, None)
             modules[name] = value
-        elif name in buffers:
+        elif name in buffers:  # reassigning a buffer keeps it a buffer
             buffers[name] = value
+        elif name in params or name in modules:
+            if value is not None:
+                raise TypeError(f"cannot assign {type(value).__name__} to {name!r}: "
+                                "it is a registered Parameter/Module (use None to remove)")
+            (params if name in params else modules)[name] = None
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name):

@@ -4,4 +4,6 @@ Written to be obviously right (the textbook equations, no tricks). Imports
 only NumPy, never ``engine``, so it can judge the engine. One submodule per
 kernel family; everything is re-exported here (``pe.reference.linear_forward``).
 """
+
+from pyengine.reference.dense import *  # noqa: F401,F403
 from pyengine.reference.pool import *  # noqa: F401,F403
