@@ -88,31 +88,54 @@ cdef inline void _taps(Py_ssize_t start, Py_ssize_t kernel, Py_ssize_t dilation,
 # ---------------------------------------------------------------------------
 # Max pooling
 
+cdef inline void _out_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size,
+                            Py_ssize_t n_out, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """Outputs o in [lo, hi) whose tap o * stride + offset falls inside [0, size)."""
+    cdef Py_ssize_t a = 0, b
+    if offset < 0:
+        a = ceil_div(-offset, stride)
+    if size - 1 - offset < 0:
+        b = 0
+    else:
+        b = min(n_out, (size - 1 - offset) // stride + 1)
+    lo[0] = a
+    hi[0] = b if b > a else a
+
+
 cdef void _max_plane(const pool2d_params* p, const floating* x, floating* y,
                      int64_t* ind) noexcept nogil:
-    cdef Py_ssize_t W = p.W, OW = p.OW
-    cdef Py_ssize_t oh, ow, th, tw, th0, th1, tw0, tw1, hs, ws, row, pos, best_pos
-    cdef floating v, best
+    """General window. For each output row the taps are visited in (th, tw)
+    order, each tap as one branch-free pass along the output row (the compiler
+    vectorises it), so every output still sees its taps in torch's scan order:
+    the first maximum wins, a NaN wins."""
+    # Locals, not p->fields: stores to `ind` may alias the struct otherwise.
+    cdef Py_ssize_t H = p.H, W = p.W, OW = p.OW, kh = p.kh, kw = p.kw
+    cdef Py_ssize_t sh = p.sh, sw = p.sw, ph = p.ph, pw = p.pw, dh = p.dh, dw = p.dw
+    cdef Py_ssize_t oh, ow, th, tw, th0, th1, ow0, ow1, ih, off
+    cdef floating* yrow
+    cdef int64_t* irow
+    cdef const floating* xrow
+    cdef floating v
+    cdef bint take
     for oh in range(p.OH):
-        hs = oh * p.sh - p.ph
-        _taps(hs, p.kh, p.dh, p.H, &th0, &th1)
+        yrow = y + oh * OW
+        irow = ind + oh * OW
         for ow in range(OW):
-            ws = ow * p.sw - p.pw
-            _taps(ws, p.kw, p.dw, W, &tw0, &tw1)
-            best = -INFINITY
-            best_pos = -1      # stays -1 only for an empty window (cannot
+            yrow[ow] = -INFINITY
+            irow[ow] = -1      # stays -1 only for an empty window (cannot
                                # happen with parameters pool2d_check accepts)
-            for th in range(th0, th1):
-                row = (hs + th * p.dh) * W + ws
-                for tw in range(tw0, tw1):
-                    pos = row + tw * p.dw
-                    v = x[pos]
-                    # First maximum in scan order wins; NaN propagates (torch).
-                    if v > best or v != v or best_pos < 0:
-                        best = v
-                        best_pos = pos
-            y[oh * OW + ow] = best
-            ind[oh * OW + ow] = best_pos
+        _taps(oh * sh - ph, kh, dh, H, &th0, &th1)
+        for th in range(th0, th1):
+            ih = oh * sh - ph + th * dh
+            xrow = x + ih * W
+            for tw in range(kw):
+                off = tw * dw - pw
+                _out_range(off, sw, W, OW, &ow0, &ow1)
+                for ow in range(ow0, ow1):
+                    v = xrow[ow * sw + off]
+                    take = (v > yrow[ow]) | (v != v) | (irow[ow] < 0)
+                    yrow[ow] = v if take else yrow[ow]
+                    irow[ow] = ih * W + ow * sw + off if take else irow[ow]
 
 
 cdef void _max_plane_2x2(const pool2d_params* p, const floating* x, floating* y,
@@ -228,19 +251,32 @@ cdef inline void _avg_window(const pool2d_params* p, Py_ssize_t oh, Py_ssize_t o
 
 
 cdef void _avg_plane(const pool2d_params* p, const floating* x, floating* y) noexcept nogil:
-    cdef Py_ssize_t W = p.W, oh, ow, ih, iw, h0, h1, w0, w1, divisor
-    cdef floating s
+    """Window sums accumulated tap by tap along each output row (vectorisable
+    passes; each output still sums its taps in (th, tw) order), then divided."""
+    cdef Py_ssize_t H = p.H, W = p.W, OW = p.OW, kh = p.kh, kw = p.kw
+    cdef Py_ssize_t sh = p.sh, sw = p.sw, ph = p.ph, pw = p.pw
+    cdef Py_ssize_t oh, ow, th, tw, h0, h1, w0, w1, ow0, ow1, off, divisor
+    cdef floating* yrow
+    cdef const floating* xrow
     for oh in range(p.OH):
-        for ow in range(p.OW):
+        yrow = y + oh * OW
+        for ow in range(OW):
+            yrow[ow] = 0
+        h0 = max(oh * sh - ph, 0)
+        h1 = min(oh * sh - ph + kh, H)
+        for th in range(h0, h1):
+            xrow = x + th * W
+            for tw in range(kw):
+                off = tw - pw
+                _out_range(off, sw, W, OW, &ow0, &ow1)
+                for ow in range(ow0, ow1):
+                    yrow[ow] = yrow[ow] + xrow[ow * sw + off]
+        for ow in range(OW):
             _avg_window(p, oh, ow, &h0, &h1, &w0, &w1, &divisor)
-            if h0 >= h1 or w0 >= w1:
-                y[oh * p.OW + ow] = 0
-                continue
-            s = 0
-            for ih in range(h0, h1):
-                for iw in range(w0, w1):
-                    s = s + x[ih * W + iw]
-            y[oh * p.OW + ow] = s / <floating>divisor
+            if h0 >= h1 or w0 >= w1 or divisor == 0:
+                yrow[ow] = 0
+            else:
+                yrow[ow] = yrow[ow] / <floating>divisor
 
 
 cdef void _avg_back_plane(const pool2d_params* p, const floating* gy,
@@ -251,7 +287,7 @@ cdef void _avg_back_plane(const pool2d_params* p, const floating* gy,
     for oh in range(p.OH):
         for ow in range(p.OW):
             _avg_window(p, oh, ow, &h0, &h1, &w0, &w1, &divisor)
-            if h0 >= h1 or w0 >= w1:
+            if h0 >= h1 or w0 >= w1 or divisor == 0:
                 continue
             g = gy[oh * p.OW + ow] / <floating>divisor
             for ih in range(h0, h1):
@@ -298,16 +334,30 @@ cdef int avg_pool2d_backward(const pool2d_params* p, const floating* grad_y,
 # ---------------------------------------------------------------------------
 # Adaptive average pooling
 
+cdef inline floating _plane_sum(const floating* x, Py_ssize_t n) noexcept nogil:
+    """Sum of x[0:n] with 16 running partial sums (a vectorisable loop; the
+    summation order depends on n only)."""
+    cdef floating acc[16]
+    cdef floating s = 0
+    cdef Py_ssize_t i, k, n16 = n - n % 16
+    for k in range(16):
+        acc[k] = 0
+    for i in range(0, n16, 16):
+        for k in range(16):
+            acc[k] = acc[k] + x[i + k]
+    for k in range(16):
+        s = s + acc[k]
+    for i in range(n16, n):
+        s = s + x[i]
+    return s
+
+
 cdef void _adaptive_plane(Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
                           const floating* x, floating* y) noexcept nogil:
     cdef Py_ssize_t oh, ow, ih, iw, h0, h1, w0, w1
     cdef floating s
     if OH == 1 and OW == 1:
-        # Global average pooling: one contiguous sum.
-        s = 0
-        for ih in range(H * W):
-            s = s + x[ih]
-        y[0] = s / <floating>(H * W)
+        y[0] = _plane_sum(x, H * W) / <floating>(H * W)
         return
     for oh in range(OH):
         h0 = (oh * H) // OH
