@@ -16,3 +16,4 @@ from pyengine.linear import Identity, Linear
 from pyengine.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from pyengine.containers import Concat, Residual
 from pyengine.conv import Conv2d
+from pyengine import optim
