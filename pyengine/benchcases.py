@@ -203,3 +203,7 @@ def mlp_step_case(backend, quick):
         return out
 
     return run, outputs
+
+
+# Pooling and CNN model cases register themselves on import.
+from pyengine import benchcases_cnn  # noqa: E402,F401
