@@ -17,3 +17,5 @@ from pyengine.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from pyengine.containers import Concat, Residual
 from pyengine.conv import Conv2d
 from pyengine import optim
+from pyengine.optim import clip_grad_norm_, clip_grad_value_
+from pyengine.norm import BatchNorm1d, BatchNorm2d

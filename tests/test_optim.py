@@ -1,5 +1,6 @@
 """Optimizers: fused engine updates vs torch.optim and the NumPy reference."""
 
+import math
 import re
 
 import numpy as np
@@ -444,3 +445,191 @@ def test_kernel_rejects_bad_arrays():
     g = np.arange(8.0)[::2]
     k.sgd_step([p], [g], lr=1.0)
     np.testing.assert_array_equal(p, -g)
+
+
+# ---------------------------------------------------------------- schedulers
+SCHEDULERS = [
+    ("StepLR", dict(step_size=3, gamma=0.5)),
+    ("MultiStepLR", dict(milestones=[2, 5, 5, 9], gamma=0.3)),
+    ("ExponentialLR", dict(gamma=0.9)),
+    ("CosineAnnealingLR", dict(T_max=7)),
+    ("CosineAnnealingLR", dict(T_max=4, eta_min=0.01)),
+]
+
+
+def _two_groups(rng):
+    params = _params(rng)
+    return pe.optim.SGD([{"params": params[:2]}, {"params": params[2:], "lr": 0.3}],
+                        lr=0.1, momentum=0.9)
+
+
+@pytest.mark.parametrize("name,kw", SCHEDULERS, ids=[n for n, _ in SCHEDULERS])
+def test_scheduler_matches_torch(rng, name, kw):
+    torch = pytest.importorskip("torch")
+    opt = _two_groups(rng)
+    sched = getattr(pe.optim, name)(opt, **kw)
+    tparams = [torch.zeros(2, requires_grad=True), torch.zeros(2, requires_grad=True)]
+    topt = torch.optim.SGD([{"params": tparams[:1]}, {"params": tparams[1:], "lr": 0.3}],
+                           lr=0.1, momentum=0.9)
+    tsched = getattr(torch.optim.lr_scheduler, name)(topt, **kw)
+    assert sched.get_last_lr() == pytest.approx(tsched.get_last_lr(), rel=1e-12)
+    for _ in range(25):
+        opt.step()
+        topt.step()
+        sched.step()
+        tsched.step()
+        assert sched.get_last_lr() == pytest.approx(tsched.get_last_lr(), rel=1e-12, abs=1e-15)
+        assert [g["lr"] for g in opt.param_groups] == sched.get_last_lr()
+
+
+def test_scheduler_sequences_closed_form(rng):
+    opt = _two_groups(rng)
+    step = pe.optim.StepLR(opt, step_size=2, gamma=0.5)
+    lrs = [step.get_last_lr()[0]]
+    for _ in range(5):
+        step.step()
+        lrs.append(step.get_last_lr()[0])
+    assert lrs == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
+    opt = _two_groups(rng)
+    cos = pe.optim.CosineAnnealingLR(opt, T_max=10, eta_min=0.0)
+    for t in range(1, 11):
+        cos.step()
+        assert cos.get_last_lr()[1] == pytest.approx(0.3 * (1 + math.cos(math.pi * t / 10)) / 2,
+                                                     abs=1e-12)
+    opt = _two_groups(rng)
+    multi = pe.optim.MultiStepLR(opt, milestones=[1, 3], gamma=0.1)
+    got = []
+    for _ in range(4):
+        multi.step()
+        got.append(multi.get_last_lr()[0])
+    assert got == pytest.approx([0.01, 0.01, 0.001, 0.001])
+    opt = _two_groups(rng)
+    exp = pe.optim.ExponentialLR(opt, gamma=0.5)
+    exp.step()
+    exp.step()
+    assert exp.get_last_lr() == pytest.approx([0.025, 0.075])
+
+
+@pytest.mark.parametrize("name,kw", SCHEDULERS, ids=[n for n, _ in SCHEDULERS])
+def test_scheduler_state_dict_round_trip(rng, name, kw):
+    opt = _two_groups(rng)
+    sched = getattr(pe.optim, name)(opt, **kw)
+    for _ in range(4):
+        sched.step()
+    sd = sched.state_dict()
+    assert "optimizer" not in sd and sd["last_epoch"] == 4
+    opt_sd = opt.state_dict()
+    opt2 = _two_groups(rng)
+    opt2.load_state_dict(opt_sd)
+    sched2 = getattr(pe.optim, name)(opt2, **kw)
+    sched2.load_state_dict(sd)
+    for _ in range(6):
+        sched.step()
+        sched2.step()
+        assert sched2.get_last_lr() == sched.get_last_lr()
+
+
+REDUCE_CONFIGS = [
+    dict(),
+    dict(mode="max", factor=0.5, patience=1, threshold=0.1, threshold_mode="abs"),
+    dict(patience=2, cooldown=2, min_lr=[0.02, 0.05], eps=1e-3),
+    dict(patience=0, factor=0.2, threshold_mode="rel", threshold=0.01),
+]
+
+
+@pytest.mark.parametrize("kw", REDUCE_CONFIGS)
+def test_reduce_lr_on_plateau_matches_torch(rng, kw):
+    torch = pytest.importorskip("torch")
+    metrics = [1.0, 0.9, 0.95, 0.95, 0.96, 0.9, 0.89, 0.899, 0.9, 0.95, 1.0, 1.2, 0.5,
+               0.5, 0.5, 0.51, 0.52, 0.4, 0.41, 0.42, 0.43, 0.44, 0.45, 0.46, 0.47]
+    opt = _two_groups(rng)
+    sched = pe.optim.ReduceLROnPlateau(opt, **kw)
+    tparams = [torch.zeros(2, requires_grad=True), torch.zeros(2, requires_grad=True)]
+    topt = torch.optim.SGD([{"params": tparams[:1]}, {"params": tparams[1:], "lr": 0.3}],
+                           lr=0.1, momentum=0.9)
+    tsched = torch.optim.lr_scheduler.ReduceLROnPlateau(topt, **kw)
+    for m in metrics:
+        sched.step(m)
+        tsched.step(m)
+        assert sched.get_last_lr() == pytest.approx(tsched.get_last_lr(), rel=1e-12)
+        assert sched.num_bad_epochs == tsched.num_bad_epochs
+
+
+def test_reduce_lr_on_plateau_behaviour_and_errors(rng):
+    opt = _two_groups(rng)
+    sched = pe.optim.ReduceLROnPlateau(opt, patience=1, factor=0.5)
+    for m in [1.0, 1.0, 1.0]:
+        sched.step(m)
+    assert sched.get_last_lr() == pytest.approx([0.05, 0.15])
+    sd = sched.state_dict()
+    sched2 = pe.optim.ReduceLROnPlateau(_two_groups(rng))
+    sched2.load_state_dict(sd)
+    assert sched2.best == 1.0 and sched2.patience == 1
+    with pytest.raises(ValueError, match="Factor should be < 1.0"):
+        pe.optim.ReduceLROnPlateau(opt, factor=1.5)
+    with pytest.raises(ValueError, match="mode avg is unknown"):
+        pe.optim.ReduceLROnPlateau(opt, mode="avg")
+    with pytest.raises(ValueError, match="threshold mode x is unknown"):
+        pe.optim.ReduceLROnPlateau(opt, threshold_mode="x")
+    with pytest.raises(ValueError, match="expected 2 min_lrs, got 3"):
+        pe.optim.ReduceLROnPlateau(opt, min_lr=[0, 0, 0])
+    with pytest.raises(TypeError, match="is not an Optimizer"):
+        pe.optim.StepLR(object(), step_size=1)
+    with pytest.raises(KeyError, match="initial_lr"):
+        pe.optim.StepLR(pe.optim.SGD(_params(rng)), step_size=1, last_epoch=3)
+
+
+def test_scheduler_importable_from_lr_scheduler_module():
+    from pyengine.optim.lr_scheduler import CosineAnnealingLR, StepLR
+    assert StepLR is pe.optim.StepLR and CosineAnnealingLR is pe.optim.CosineAnnealingLR
+
+
+# ---------------------------------------------------------------- clipping
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, 3.0, float("inf")])
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clip_grad_norm_matches_torch(rng, norm_type, max_norm, dtype):
+    torch = pytest.importorskip("torch")
+    params = _params(rng, dtype)
+    for p in params:
+        p.grad[...] = rng.standard_normal(p.shape)
+    tparams = [torch.tensor(p.data.copy(), requires_grad=True) for p in params]
+    for p, tp in zip(params, tparams):
+        tp.grad = torch.tensor(p.grad.copy())
+    total = pe.clip_grad_norm_(params, max_norm, norm_type=norm_type)
+    ttotal = torch.nn.utils.clip_grad_norm_(tparams, max_norm, norm_type=norm_type)
+    assert isinstance(total, float)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    assert total == pytest.approx(float(ttotal), rel=rtol)
+    for p, tp in zip(params, tparams):
+        assert p.grad.dtype == dtype
+        np.testing.assert_allclose(p.grad, tp.grad.numpy(), rtol=rtol, atol=1e-7)
+
+
+def test_clip_grad_norm_reference_values():
+    p = pe.Parameter(np.zeros(2))
+    q = pe.Parameter(np.zeros(1))
+    p.grad[...] = [3.0, 0.0]
+    q.grad[...] = [4.0]
+    assert pe.clip_grad_norm_([p, q], max_norm=10.0) == pytest.approx(5.0)
+    np.testing.assert_array_equal(p.grad, [3.0, 0.0])  # under the limit: unchanged
+    assert pe.clip_grad_norm_([p, q], max_norm=1.0) == pytest.approx(5.0)
+    np.testing.assert_allclose(np.concatenate([p.grad, q.grad]), [0.6, 0.0, 0.8], rtol=1e-6)
+    assert pe.clip_grad_norm_(p, 1.0, norm_type="inf") == pytest.approx(0.6)
+    assert pe.clip_grad_norm_([], 1.0) == 0.0
+
+
+def test_clip_grad_value(rng):
+    torch = pytest.importorskip("torch")
+    params = _params(rng)
+    for p in params:
+        p.grad[...] = 3 * rng.standard_normal(p.shape)
+    tparams = [torch.tensor(p.data.copy(), requires_grad=True) for p in params]
+    for p, tp in zip(params, tparams):
+        tp.grad = torch.tensor(p.grad.copy())
+    grads = [p.grad for p in params]
+    pe.clip_grad_value_(params, 1.5)
+    torch.nn.utils.clip_grad_value_(tparams, 1.5)
+    for p, g, tp in zip(params, grads, tparams):
+        assert p.grad is g  # in place
+        np.testing.assert_array_equal(p.grad, tp.grad.numpy())

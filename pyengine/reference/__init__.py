@@ -9,3 +9,4 @@ from pyengine.reference.dense import *  # noqa: F401,F403
 from pyengine.reference.pool import *  # noqa: F401,F403
 from pyengine.reference.conv import *  # noqa: F401,F403
 from pyengine.reference.optim import *  # noqa: F401,F403
+from pyengine.reference.norm import *  # noqa: F401,F403
