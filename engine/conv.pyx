@@ -502,9 +502,308 @@ cdef int conv2d_im2col_backward_weight(Conv2dParams p, const floating* x,
 
 # -- direct convolution -------------------------------------------------------
 # Per (image, group) the group's input planes are copied once into a
-# zero-padded buffer (rows Hp, row stride Wp) covering every tap of every
-# output pixel, so the inner loops run over contiguous rows with no bounds
-# checks and vectorise (for stride 1; strided rows gather).
+# zero-padded buffer whose columns are split by stride phase: padded column
+# s*sw + q is stored at [q][s], so every tap of a row of output pixels reads a
+# contiguous run whatever the stride. The micro-kernels below keep a tile of
+# RB output rows x KB output channels x VL output pixels in vector registers
+# (VL = one 64-byte vector) and run one broadcast-FMA per weight and row,
+# no bounds checks (the buffer has slack rows/columns; results that fall
+# outside the output are computed and dropped).
+
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #define ENGINE_VL_F32 16
+    #define ENGINE_VL_F64 8
+    #if defined(__GNUC__)
+    #define ENGINE_FMA_ATTR __attribute__((optimize("fp-contract=fast")))
+    #define ENGINE_VEC(T, VL) typedef T vec_t __attribute__((vector_size(VL * sizeof(T))));
+    #define ENGINE_VZERO(v) v = (vec_t){0}
+    #define ENGINE_VLOAD(v, p) __builtin_memcpy(&(v), (p), sizeof(vec_t))
+    #define ENGINE_VSTORE(p, v) __builtin_memcpy((p), &(v), sizeof(vec_t))
+    #define ENGINE_VFMA(acc, s, v) acc += (s) * (v)
+    #define ENGINE_VFMAV(acc, a, b) acc += (a) * (b)
+    #define ENGINE_VGET(v, l) ((v)[l])
+    #else  /* plain C: arrays of VL lanes (the compiler may still vectorise) */
+    #define ENGINE_FMA_ATTR
+    #define ENGINE_VEC(T, VL) typedef struct { T e[VL]; } vec_t; enum { vl_ = VL };
+    #define ENGINE_VZERO(v) do { for (int l_ = 0; l_ < vl_; l_++) (v).e[l_] = 0; } while (0)
+    #define ENGINE_VLOAD(v, p) do { for (int l_ = 0; l_ < vl_; l_++) (v).e[l_] = (p)[l_]; } while (0)
+    #define ENGINE_VSTORE(p, v) do { for (int l_ = 0; l_ < vl_; l_++) (p)[l_] = (v).e[l_]; } while (0)
+    #define ENGINE_VFMA(acc, s, v) do { for (int l_ = 0; l_ < vl_; l_++) (acc).e[l_] += (s) * (v).e[l_]; } while (0)
+    #define ENGINE_VFMAV(acc, a, b) do { for (int l_ = 0; l_ < vl_; l_++) (acc).e[l_] += (a).e[l_] * (b).e[l_]; } while (0)
+    #define ENGINE_VGET(v, l) ((v).e[l])
+    #endif
+
+    /* Forward tile: out[r][k][0:VL] = sum over channels c and taps (i, j) of
+       w[(c, i, j)][k] * x[c*chan_step + r*row_step + i*dh_step + tap_off[j] + 0:VL].
+       w is packed [nch][kh][kw][KB]. */
+    #define ENGINE_CONV_FWD_TILE(NAME, T, VL, RB, KB)                            \\
+    ENGINE_FMA_ATTR static void NAME(                                           \\
+        const T* x, ptrdiff_t row_step, ptrdiff_t chan_step, ptrdiff_t nch,     \\
+        ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t dh_step, const ptrdiff_t* tap_off,\\
+        const T* w, T* out)                                                     \\
+    {                                                                           \\
+        ENGINE_VEC(T, VL)                                                       \\
+        vec_t acc[RB][KB];                                                      \\
+        for (int r = 0; r < RB; r++)                                            \\
+            for (int k = 0; k < KB; k++) ENGINE_VZERO(acc[r][k]);               \\
+        for (ptrdiff_t c = 0; c < nch; c++)                                     \\
+            for (ptrdiff_t i = 0; i < kh; i++) {                                \\
+                const T* xr = x + c * chan_step + i * dh_step;                  \\
+                for (ptrdiff_t j = 0; j < kw; j++, w += KB) {                   \\
+                    const T* xs = xr + tap_off[j];                              \\
+                    for (int r = 0; r < RB; r++) {                              \\
+                        vec_t xv;                                               \\
+                        ENGINE_VLOAD(xv, xs + r * row_step);                    \\
+                        for (int k = 0; k < KB; k++) ENGINE_VFMA(acc[r][k], w[k], xv); \\
+                    }                                                           \\
+                }                                                               \\
+            }                                                                   \\
+        for (int r = 0; r < RB; r++)                                            \\
+            for (int k = 0; k < KB; k++) ENGINE_VSTORE(out + (r * KB + k) * VL, acc[r][k]); \\
+    }
+
+    /* Weight-gradient tile: out[k][t] = sum over rows and nvec vectors of
+       dy[k*dy_chan_step + row*dy_row_step + v*VL + 0:VL]
+       * x[row*x_row_step + toff[t] + v*VL + 0:VL], lanes summed in order. */
+    #define ENGINE_CONV_DW_TILE(NAME, T, VL, KB, TB)                             \\
+    ENGINE_FMA_ATTR static void NAME(                                           \\
+        const T* dy, ptrdiff_t dy_chan_step, ptrdiff_t dy_row_step,             \\
+        const T* x, ptrdiff_t x_row_step, const ptrdiff_t* toff,                \\
+        ptrdiff_t rows, ptrdiff_t nvec, T* out)                                 \\
+    {                                                                           \\
+        ENGINE_VEC(T, VL)                                                       \\
+        vec_t acc[KB][TB];                                                      \\
+        for (int k = 0; k < KB; k++)                                            \\
+            for (int t = 0; t < TB; t++) ENGINE_VZERO(acc[k][t]);               \\
+        for (ptrdiff_t r = 0; r < rows; r++) {                                  \\
+            const T* dyr = dy + r * dy_row_step;                                \\
+            const T* xr = x + r * x_row_step;                                   \\
+            for (ptrdiff_t v = 0; v < nvec; v++) {                              \\
+                vec_t d[KB];                                                    \\
+                for (int k = 0; k < KB; k++) ENGINE_VLOAD(d[k], dyr + k * dy_chan_step + v * VL); \\
+                for (int t = 0; t < TB; t++) {                                  \\
+                    vec_t xv;                                                   \\
+                    ENGINE_VLOAD(xv, xr + toff[t] + v * VL);                    \\
+                    for (int k = 0; k < KB; k++) ENGINE_VFMAV(acc[k][t], d[k], xv); \\
+                }                                                               \\
+            }                                                                   \\
+        }                                                                       \\
+        for (int k = 0; k < KB; k++)                                            \\
+            for (int t = 0; t < TB; t++) {                                      \\
+                T s = 0;                                                        \\
+                for (int l = 0; l < VL; l++) s += ENGINE_VGET(acc[k][t], l);    \\
+                out[k * TB + t] = s;                                            \\
+            }                                                                   \\
+    }
+
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r2k4, float, ENGINE_VL_F32, 2, 4)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r4k2, float, ENGINE_VL_F32, 4, 2)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r8k1, float, ENGINE_VL_F32, 8, 1)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r2k4, double, ENGINE_VL_F64, 2, 4)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r4k2, double, ENGINE_VL_F64, 4, 2)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r8k1, double, ENGINE_VL_F64, 8, 1)
+    ENGINE_CONV_DW_TILE(engine_conv_dw_f32_k4t2, float, ENGINE_VL_F32, 4, 2)
+    ENGINE_CONV_DW_TILE(engine_conv_dw_f32_k1t8, float, ENGINE_VL_F32, 1, 8)
+    ENGINE_CONV_DW_TILE(engine_conv_dw_f64_k4t2, double, ENGINE_VL_F64, 4, 2)
+    ENGINE_CONV_DW_TILE(engine_conv_dw_f64_k1t8, double, ENGINE_VL_F64, 1, 8)
+    """
+    void engine_conv_fwd_f32_r2k4(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
+    void engine_conv_fwd_f32_r4k2(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
+    void engine_conv_fwd_f32_r8k1(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
+    void engine_conv_fwd_f64_r2k4(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
+    void engine_conv_fwd_f64_r4k2(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
+    void engine_conv_fwd_f64_r8k1(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
+    void engine_conv_dw_f32_k4t2(const float*, Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, float*) noexcept nogil
+    void engine_conv_dw_f32_k1t8(const float*, Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, float*) noexcept nogil
+    void engine_conv_dw_f64_k4t2(const double*, Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, double*) noexcept nogil
+    void engine_conv_dw_f64_k1t8(const double*, Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, double*) noexcept nogil
+
+
+cdef enum:
+    _TILE_MAX = 8 * 16      # RB * KB * VL elements of the largest tile
+    _MAX_TAPS_ROW = 64      # kw limit of the direct path (else im2col)
+
+
+cdef inline Py_ssize_t _vl(floating* dummy) noexcept nogil:
+    """Output pixels per vector: 16 floats or 8 doubles (64 bytes)."""
+    if floating is float:
+        return 16
+    else:
+        return 8
+
+
+cdef struct DirectGeom:
+    # Layout of one (image, group) padded input buffer and the tiling.
+    Py_ssize_t RB, KB          # forward tile: output rows x output channels
+    Py_ssize_t nkb             # channel blocks per group
+    Py_ssize_t Hp, Wp          # rows / columns the taps reach
+    Py_ssize_t Wq              # columns per stride phase (with slack)
+    Py_ssize_t rowlen          # sw * Wq: elements per padded row
+    Py_ssize_t rows            # padded rows incl. slack for a partial row tile
+    Py_ssize_t chan            # rows * rowlen: elements per channel
+    Py_ssize_t tap_off[_MAX_TAPS_ROW]   # tap j: phase (j*dw) % sw, shift (j*dw) // sw
+
+
+cdef void _direct_geom(const Conv2dParams* p, Py_ssize_t vl, DirectGeom* g) noexcept nogil:
+    cdef Py_ssize_t Kg = p.K // p.groups, j, q
+    if Kg % 4 == 0:
+        g.RB, g.KB = 2, 4
+    elif Kg % 2 == 0:
+        g.RB, g.KB = 4, 2
+    else:
+        g.RB, g.KB = 8, 1
+    g.nkb = Kg // g.KB
+    g.Hp = (p.OH - 1) * p.sh + (p.kh - 1) * p.dh + 1
+    g.Wp = (p.OW - 1) * p.sw + (p.kw - 1) * p.dw + 1
+    g.Wq = p.OW + ((p.kw - 1) * p.dw) // p.sw + vl
+    g.rowlen = p.sw * g.Wq
+    g.rows = g.Hp + (g.RB - 1) * p.sh
+    g.chan = g.rows * g.rowlen
+    for j in range(p.kw):
+        q = (j * p.dw) % p.sw
+        g.tap_off[j] = q * g.Wq + (j * p.dw) // p.sw
+
+
+cdef void _pad_phases(const Conv2dParams* p, const DirectGeom* g,
+                      const floating* x, Py_ssize_t nch, floating* xq) noexcept nogil:
+    """xq[c][r][q][s] = x[c, r - ph, s*sw + q - pw], zero outside x."""
+    cdef Py_ssize_t c, r, q, s, ih, lo, hi, sw = p.sw
+    cdef floating* dst
+    cdef const floating* src
+    for c in range(nch):
+        for r in range(g.rows):
+            ih = r - p.ph
+            for q in range(sw):
+                dst = xq + c * g.chan + r * g.rowlen + q * g.Wq
+                if ih < 0 or ih >= p.H:
+                    memset(dst, 0, g.Wq * sizeof(floating))
+                    continue
+                _valid_range(q - p.pw, sw, p.W, g.Wq, &lo, &hi)
+                for s in range(lo):
+                    dst[s] = 0
+                src = x + (c * p.H + ih) * p.W + lo * sw + q - p.pw
+                if sw == 1:
+                    memcpy(dst + lo, src, (hi - lo) * sizeof(floating))
+                else:
+                    for s in range(hi - lo):
+                        dst[lo + s] = src[s * sw]
+                for s in range(hi, g.Wq):
+                    dst[s] = 0
+
+
+cdef void _pack_weights(const Conv2dParams* p, const DirectGeom* g,
+                        const floating* w, floating* wpk) noexcept nogil:
+    """wpk[grp][kb][c][i][j][KB] = w[grp*Kg + kb*KB + k, c, i, j]."""
+    cdef Py_ssize_t Kg = p.K // p.groups, R = (p.C // p.groups) * p.kh * p.kw
+    cdef Py_ssize_t grp, kb, t, k
+    cdef floating* dst
+    for grp in range(p.groups):
+        for kb in range(g.nkb):
+            dst = wpk + (grp * g.nkb + kb) * R * g.KB
+            for t in range(R):
+                for k in range(g.KB):
+                    dst[t * g.KB + k] = w[(grp * Kg + kb * g.KB + k) * R + t]
+
+
+cdef void _fwd_tile(const DirectGeom* g, const floating* x, Py_ssize_t row_step,
+                    Py_ssize_t nch, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t dh_step,
+                    const floating* w, floating* out) noexcept nogil:
+    if floating is float:
+        if g.KB == 4:
+            engine_conv_fwd_f32_r2k4(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 2:
+            engine_conv_fwd_f32_r4k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        else:
+            engine_conv_fwd_f32_r8k1(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+    else:
+        if g.KB == 4:
+            engine_conv_fwd_f64_r2k4(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 2:
+            engine_conv_fwd_f64_r4k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        else:
+            engine_conv_fwd_f64_r8k1(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+
+
+cdef void _direct_forward_item(const Conv2dParams* p, const DirectGeom* g,
+                               const floating* x, const floating* wpk,
+                               const floating* bias, floating* y,
+                               Py_ssize_t n, Py_ssize_t grp,
+                               floating* xq) noexcept nogil:
+    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
+    cdef Py_ssize_t R = Cg * p.kh * p.kw, vl = _vl(xq)
+    cdef Py_ssize_t kb, oh0, ow0, r, k, t, nr, nt, kk
+    cdef floating tile[_TILE_MAX]
+    cdef floating bk
+    cdef floating* yr
+    cdef const floating* src
+    _pad_phases(p, g, x + (n * p.C + grp * Cg) * p.H * p.W, Cg, xq)
+    for kb in range(g.nkb):
+        oh0 = 0
+        while oh0 < p.OH:
+            nr = min(g.RB, p.OH - oh0)
+            ow0 = 0
+            while ow0 < p.OW:
+                nt = min(vl, p.OW - ow0)
+                _fwd_tile(g, xq + oh0 * p.sh * g.rowlen + ow0, p.sh * g.rowlen,
+                          Cg, p.kh, p.kw, p.dh * g.rowlen,
+                          wpk + (grp * g.nkb + kb) * R * g.KB, tile)
+                for k in range(g.KB):
+                    kk = grp * Kg + kb * g.KB + k
+                    bk = bias[kk] if bias != NULL else 0
+                    for r in range(nr):
+                        yr = y + ((n * p.K + kk) * p.OH + oh0 + r) * p.OW + ow0
+                        src = tile + (r * g.KB + k) * vl
+                        for t in range(nt):
+                            yr[t] = src[t] + bk
+                ow0 += vl
+            oh0 += g.RB
+
+
+cdef int _direct_conv(const Conv2dParams* p, const floating* x, const floating* w,
+                      const floating* b, floating* y) noexcept nogil:
+    """y = direct conv(x, w) + b for already checked parameters."""
+    cdef DirectGeom g
+    cdef Py_ssize_t vl = _vl(y), it
+    cdef Py_ssize_t Cg = p.C // p.groups, R = Cg * p.kh * p.kw
+    cdef Py_ssize_t items = p.N * p.groups, per
+    cdef int nthreads = engine_num_threads()
+    cdef floating* ws
+    cdef floating* wpk
+    cdef unsigned int old
+    if p.kw > _MAX_TAPS_ROW:
+        return ENGINE_EBADARG
+    _direct_geom(p, vl, &g)
+    per = Cg * g.chan
+    if items < nthreads:
+        nthreads = <int>items
+    ws = <floating*>malloc(nthreads * per * sizeof(floating))
+    wpk = <floating*>malloc(p.K * R * sizeof(floating))
+    if ws == NULL or wpk == NULL:
+        free(ws)
+        free(wpk)
+        return ENGINE_ENOMEM
+    _pack_weights(p, &g, w, wpk)
+    with parallel(num_threads=nthreads):
+        old = engine_ftz_enter()
+        for it in prange(items, schedule='static'):
+            _direct_forward_item(p, &g, x, wpk, b, y, it // p.groups, it % p.groups,
+                                 ws + threadid() * per)
+        engine_ftz_exit(old)
+    free(wpk)
+    free(ws)
+    return ENGINE_OK
+
+
+cdef int conv2d_direct_forward(Conv2dParams p, const floating* x,
+                               const floating* w, const floating* b,
+                               floating* y) noexcept nogil:
+    cdef int err = conv2d_check_params(&p)
+    if err:
+        return err
+    return _direct_conv(&p, x, w, b, y)
+
 
 cdef inline Py_ssize_t _padded_rows(const Conv2dParams* p) noexcept nogil:
     return (p.OH - 1) * p.sh + (p.kh - 1) * p.dh + 1
@@ -560,38 +859,6 @@ cdef void _crop_planes(const Conv2dParams* p, const floating* xp, Py_ssize_t nch
                 memset(dst + ncopy, 0, (p.W - ncopy) * sizeof(floating))
 
 
-cdef void _direct_forward_item(const Conv2dParams* p, const floating* x,
-                               const floating* w, const floating* bias,
-                               floating* y, Py_ssize_t n, Py_ssize_t g,
-                               floating* xp) noexcept nogil:
-    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
-    cdef Py_ssize_t Hp = _padded_rows(p), Wp = _padded_cols(p), plane = Hp * Wp
-    cdef Py_ssize_t OW = p.OW, sw = p.sw, k, c, i, j, oh, ow, kk
-    cdef const floating* wk
-    cdef const floating* xr
-    cdef floating* yr
-    cdef floating wv, bk
-    _pad_planes(p, x + (n * p.C + g * Cg) * p.H * p.W, Cg, xp)
-    for k in range(Kg):
-        kk = g * Kg + k
-        wk = w + kk * Cg * p.kh * p.kw
-        bk = bias[kk] if bias != NULL else 0
-        for oh in range(p.OH):
-            yr = y + ((n * p.K + kk) * p.OH + oh) * OW
-            for ow in range(OW):
-                yr[ow] = bk
-            for c in range(Cg):
-                for i in range(p.kh):
-                    xr = xp + c * plane + (oh * p.sh + i * p.dh) * Wp
-                    for j in range(p.kw):
-                        wv = wk[(c * p.kh + i) * p.kw + j]
-                        if sw == 1:
-                            for ow in range(OW):
-                                yr[ow] += wv * xr[ow + j * p.dw]
-                        else:
-                            for ow in range(OW):
-                                yr[ow] += wv * xr[ow * sw + j * p.dw]
-
 
 cdef void _direct_backward_input_item(const Conv2dParams* p, const floating* w,
                                       const floating* dy, floating* dx,
@@ -622,75 +889,6 @@ cdef void _direct_backward_input_item(const Conv2dParams* p, const floating* w,
     _crop_planes(p, dxp, Cg, dx + (n * p.C + g * Cg) * p.H * p.W)
 
 
-cdef void _direct_backward_weight_item(const Conv2dParams* p, const floating* x,
-                                       const floating* dy, floating* dw_part,
-                                       Py_ssize_t n, Py_ssize_t g,
-                                       floating* xp) noexcept nogil:
-    """dw_part[k, c, i, j] += sum over pixels of dy[n, k] * shifted x[n, c]."""
-    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
-    cdef Py_ssize_t Hp = _padded_rows(p), Wp = _padded_cols(p), plane = Hp * Wp
-    cdef Py_ssize_t OW = p.OW, sw = p.sw, k, c, i, j, oh, ow, kk, l
-    cdef const floating* dyr
-    cdef const floating* xr
-    cdef floating acc[_VL]
-    cdef floating s
-    _pad_planes(p, x + (n * p.C + g * Cg) * p.H * p.W, Cg, xp)
-    for k in range(Kg):
-        kk = g * Kg + k
-        for c in range(Cg):
-            for i in range(p.kh):
-                for j in range(p.kw):
-                    for l in range(_VL):
-                        acc[l] = 0
-                    for oh in range(p.OH):
-                        dyr = dy + ((n * p.K + kk) * p.OH + oh) * OW
-                        xr = xp + c * plane + (oh * p.sh + i * p.dh) * Wp + j * p.dw
-                        ow = 0
-                        if sw == 1:
-                            while ow + _VL <= OW:
-                                for l in range(_VL):
-                                    acc[l] += dyr[ow + l] * xr[ow + l]
-                                ow += _VL
-                            for l in range(OW - ow):
-                                acc[l] += dyr[ow + l] * xr[ow + l]
-                        else:
-                            while ow + _VL <= OW:
-                                for l in range(_VL):
-                                    acc[l] += dyr[ow + l] * xr[(ow + l) * sw]
-                                ow += _VL
-                            for l in range(OW - ow):
-                                acc[l] += dyr[ow + l] * xr[(ow + l) * sw]
-                    s = 0
-                    for l in range(_VL):
-                        s += acc[l]
-                    dw_part[((kk * Cg + c) * p.kh + i) * p.kw + j] += s
-
-
-cdef int conv2d_direct_forward(Conv2dParams p, const floating* x,
-                               const floating* w, const floating* b,
-                               floating* y) noexcept nogil:
-    cdef int err = conv2d_check_params(&p)
-    if err:
-        return err
-    cdef Py_ssize_t Cg = p.C // p.groups
-    cdef Py_ssize_t per = Cg * _padded_rows(&p) * _padded_cols(&p)
-    cdef Py_ssize_t items = p.N * p.groups, it
-    cdef int nthreads = engine_num_threads()
-    cdef floating* ws
-    cdef unsigned int old
-    if items < nthreads:
-        nthreads = <int>items
-    ws = <floating*>malloc(nthreads * per * sizeof(floating))
-    if ws == NULL:
-        return ENGINE_ENOMEM
-    with parallel(num_threads=nthreads):
-        old = engine_ftz_enter()
-        for it in prange(items, schedule='static'):
-            _direct_forward_item(&p, x, w, b, y, it // p.groups, it % p.groups,
-                                 ws + threadid() * per)
-        engine_ftz_exit(old)
-    free(ws)
-    return ENGINE_OK
 
 
 cdef int conv2d_direct_backward_input(Conv2dParams p, const floating* w,
@@ -699,25 +897,108 @@ cdef int conv2d_direct_backward_input(Conv2dParams p, const floating* w,
     cdef int err = conv2d_check_params(&p)
     if err:
         return err
-    cdef Py_ssize_t Cg = p.C // p.groups
-    cdef Py_ssize_t per = Cg * _padded_rows(&p) * _padded_cols(&p)
-    cdef Py_ssize_t items = p.N * p.groups, it
-    cdef int nthreads = engine_num_threads()
+    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
+    cdef Py_ssize_t grp, c, k, i, j, it, per
+    cdef Conv2dParams q
+    cdef floating* w2
     cdef floating* ws
+    cdef int nthreads = engine_num_threads()
     cdef unsigned int old
-    if items < nthreads:
-        nthreads = <int>items
+    if (p.sh == 1 and p.sw == 1 and p.ph <= p.dh * (p.kh - 1)
+            and p.pw <= p.dw * (p.kw - 1) and p.kw <= _MAX_TAPS_ROW):
+        # Stride 1: dx is the direct convolution of dy (padded by the kernel
+        # extent minus ph, pw) with the flipped, group-transposed weights.
+        q = p
+        q.C, q.H, q.W, q.K = p.K, p.OH, p.OW, p.C
+        q.ph = p.dh * (p.kh - 1) - p.ph
+        q.pw = p.dw * (p.kw - 1) - p.pw
+        q.OH, q.OW = p.H, p.W
+        w2 = <floating*>malloc(p.C * Kg * p.kh * p.kw * sizeof(floating))
+        if w2 == NULL:
+            return ENGINE_ENOMEM
+        for grp in range(p.groups):
+            for c in range(Cg):
+                for k in range(Kg):
+                    for i in range(p.kh):
+                        for j in range(p.kw):
+                            w2[(((grp * Cg + c) * Kg + k) * p.kh + i) * p.kw + j] = w[
+                                (((grp * Kg + k) * Cg + c) * p.kh + p.kh - 1 - i) * p.kw
+                                + p.kw - 1 - j]
+        err = _direct_conv(&q, dy, w2, <const floating*>NULL, dx)
+        free(w2)
+        return err
+    # Strided: scatter each output row's taps into a padded dx plane.
+    per = Cg * _padded_rows(&p) * _padded_cols(&p)
+    if p.N * p.groups < nthreads:
+        nthreads = <int>(p.N * p.groups)
     ws = <floating*>malloc(nthreads * per * sizeof(floating))
     if ws == NULL:
         return ENGINE_ENOMEM
     with parallel(num_threads=nthreads):
         old = engine_ftz_enter()
-        for it in prange(items, schedule='static'):
+        for it in prange(p.N * p.groups, schedule='static'):
             _direct_backward_input_item(&p, w, dy, dx, it // p.groups,
                                         it % p.groups, ws + threadid() * per)
         engine_ftz_exit(old)
     free(ws)
     return ENGINE_OK
+
+
+cdef void _dw_tile(Py_ssize_t KB, const floating* dy, Py_ssize_t dy_chan_step,
+                   Py_ssize_t dy_row_step, const floating* x, Py_ssize_t x_row_step,
+                   const Py_ssize_t* toff, Py_ssize_t rows, Py_ssize_t nvec,
+                   floating* out) noexcept nogil:
+    if floating is float:
+        if KB == 4:
+            engine_conv_dw_f32_k4t2(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out)
+        else:
+            engine_conv_dw_f32_k1t8(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out)
+    else:
+        if KB == 4:
+            engine_conv_dw_f64_k4t2(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out)
+        else:
+            engine_conv_dw_f64_k1t8(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out)
+
+
+cdef void _direct_backward_weight_item(const Conv2dParams* p, const DirectGeom* g,
+                                       const floating* x, const floating* dy,
+                                       floating* dw_part, Py_ssize_t n, Py_ssize_t grp,
+                                       floating* xq, floating* dyq) noexcept nogil:
+    """dw_part[k, c, i, j] += sum over pixels of dy[n, k] * shifted x[n, c]."""
+    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
+    cdef Py_ssize_t T = p.kh * p.kw, vl = _vl(xq)
+    cdef Py_ssize_t OWp = ceil_div(p.OW, vl) * vl, plane = p.OH * OWp
+    cdef Py_ssize_t KB = 4 if Kg >= 4 else 1, TB = 2 if Kg >= 4 else 8
+    cdef Py_ssize_t c, k, kb, t, t0, oh, nk, nt, tap
+    cdef Py_ssize_t toff[8]
+    cdef floating out[8]
+    cdef floating* dst
+    _pad_phases(p, g, x + (n * p.C + grp * Cg) * p.H * p.W, Cg, xq)
+    # dy rows padded with zeros to whole vectors, plus KB - 1 zero channels.
+    memset(dyq, 0, (Kg + KB - 1) * plane * sizeof(floating))
+    for k in range(Kg):
+        for oh in range(p.OH):
+            memcpy(dyq + k * plane + oh * OWp,
+                   dy + ((n * p.K + grp * Kg + k) * p.OH + oh) * p.OW,
+                   p.OW * sizeof(floating))
+    for c in range(Cg):
+        kb = 0
+        while kb < Kg:
+            nk = min(KB, Kg - kb)
+            t0 = 0
+            while t0 < T:
+                nt = min(TB, T - t0)
+                for t in range(TB):
+                    tap = t0 + t if t < nt else 0
+                    toff[t] = (tap // p.kw) * p.dh * g.rowlen + g.tap_off[tap % p.kw]
+                _dw_tile(KB, dyq + kb * plane, plane, OWp, xq + c * g.chan,
+                         p.sh * g.rowlen, toff, p.OH, OWp // vl, out)
+                for k in range(nk):
+                    dst = dw_part + ((grp * Kg + kb + k) * Cg + c) * T + t0
+                    for t in range(nt):
+                        dst[t] += out[k * TB + t]
+                t0 += TB
+            kb += KB
 
 
 cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
@@ -726,15 +1007,22 @@ cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
     cdef int err = conv2d_check_params(&p)
     if err:
         return err
-    cdef Py_ssize_t Cg = p.C // p.groups
-    cdef Py_ssize_t per = Cg * _padded_rows(&p) * _padded_cols(&p)
-    cdef Py_ssize_t wsize = p.K * Cg * p.kh * p.kw, c, n, g
+    if p.kw > _MAX_TAPS_ROW:
+        return ENGINE_EBADARG
+    cdef DirectGeom g
+    cdef Py_ssize_t vl = _vl(dw)
+    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
+    cdef Py_ssize_t wsize = p.K * Cg * p.kh * p.kw, c, n, grp
+    cdef Py_ssize_t dyq_size = (Kg + 3) * p.OH * ceil_div(p.OW, vl) * vl, per
     cdef double flops = 2.0 * p.N * wsize * p.OH * p.OW
     cdef Py_ssize_t nchunks = work_chunks(p.N, flops, _DW_CHUNK_FLOPS, _DW_MAX_CHUNKS)
     cdef int nthreads = engine_num_threads()
     cdef floating* ws
     cdef floating* parts
+    cdef floating* mine
     cdef unsigned int old
+    _direct_geom(&p, vl, &g)
+    per = Cg * g.chan + dyq_size
     if nchunks < nthreads:
         nthreads = <int>nchunks
     ws = <floating*>malloc(nthreads * per * sizeof(floating))
@@ -746,11 +1034,12 @@ cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
     memset(parts, 0, nchunks * wsize * sizeof(floating))
     with parallel(num_threads=nthreads):
         old = engine_ftz_enter()
+        mine = ws + threadid() * per
         for c in prange(nchunks, schedule='static'):
             for n in range(c * p.N // nchunks, (c + 1) * p.N // nchunks):
-                for g in range(p.groups):
-                    _direct_backward_weight_item(&p, x, dy, parts + c * wsize, n, g,
-                                                 ws + threadid() * per)
+                for grp in range(p.groups):
+                    _direct_backward_weight_item(&p, &g, x, dy, parts + c * wsize, n, grp,
+                                                 mine, mine + Cg * g.chan)
         engine_ftz_exit(old)
     _reduce_partials(parts, nchunks, wsize, dw, accumulate)
     free(parts)
@@ -1034,3 +1323,9 @@ cdef int _col2im(Conv2dParams p, floating[:, :, ::1] cols, floating[:, :, :, ::1
         err = col2im_batch(p, &cols[0, 0, 0], &dx[0, 0, 0, 0])
     return err
 
+
+
+def _set_min_gemm_cols(n):
+    """Tuning hook (benchmarks only): images are batched until a GEMM has n columns."""
+    global _MIN_GEMM_COLS
+    _MIN_GEMM_COLS = int(n)

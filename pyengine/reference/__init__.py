@@ -9,4 +9,8 @@ from pyengine.reference.dense import *  # noqa: F401,F403
 from pyengine.reference.pool import *  # noqa: F401,F403
 from pyengine.reference.conv import *  # noqa: F401,F403
 from pyengine.reference.optim import *  # noqa: F401,F403
+from pyengine.reference.activation import *  # noqa: F401,F403
+from pyengine.reference.loss import *  # noqa: F401,F403
 from pyengine.reference.norm import *  # noqa: F401,F403
+from pyengine.reference.dropout import *  # noqa: F401,F403
+from pyengine.reference.conv import *  # noqa: F401,F403
