@@ -13,9 +13,6 @@ __version__ = "0.1.0"
 from pyengine.gradcheck import GradcheckError, gradcheck
 from pyengine import init, reference
 from pyengine.linear import Identity, Linear
-from pyengine.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
-from pyengine.containers import Concat, Residual
-from pyengine.conv import Conv2d
 from pyengine.data import DataLoader, Subset, TensorDataset, random_split, train_val_split
 from pyengine.io import load, save
 from pyengine.training import Checkpoint, EarlyStopping, History, evaluate, fit, predict
@@ -27,3 +24,5 @@ from pyengine.optim import clip_grad_norm_, clip_grad_value_
 from pyengine.norm import BatchNorm1d, BatchNorm2d
 from pyengine.dropout import Dropout
 from pyengine.conv import Conv2d
+from pyengine.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from pyengine.containers import Concat, Residual
