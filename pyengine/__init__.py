@@ -13,3 +13,5 @@ __version__ = "0.1.0"
 from pyengine.gradcheck import GradcheckError, gradcheck
 from pyengine import init, reference
 from pyengine.linear import Identity, Linear
+from pyengine.rnn import GRU, LSTM, RNN
+from pyengine.embedding import Embedding

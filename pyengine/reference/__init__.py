@@ -6,3 +6,4 @@ kernel family; everything is re-exported here (``pe.reference.linear_forward``).
 """
 
 from pyengine.reference.dense import *  # noqa: F401,F403
+from pyengine.reference.rnn import *  # noqa: F401,F403
