@@ -95,7 +95,7 @@ def _index_array(indices, name="indices"):
     a = np.asarray(indices)
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer array of token ids, got dtype {a.dtype}")
-    return np.ascontiguousarray(a, dtype=np.int64)
+    return np.asarray(a, dtype=np.int64, order="C")  # keeps 0-d ids 0-d
 
 
 def _raise_bad_id(ids, pos, V):
@@ -177,10 +177,11 @@ def _embedding_backward_py(d_out, indices, num_embeddings, padding_idx=None,
     """
     ids = _index_array(indices)
     d_out = float_array(d_out, "d_out")
-    if d_out.ndim != ids.ndim + 1 or d_out.shape[:-1] != ids.shape:
+    # (No negative indices here: the module is compiled with wraparound=False.)
+    if d_out.ndim != ids.ndim + 1 or d_out.shape[:ids.ndim] != ids.shape:
         raise ValueError(f"d_out must have shape indices.shape + (embedding_dim,) = "
                          f"{ids.shape} + (D,), got {d_out.shape}")
-    V, D = int(num_embeddings), d_out.shape[-1]
+    V, D = int(num_embeddings), d_out.shape[ids.ndim]
     if grad_weight is None:
         grad_weight = np.zeros((V, D), d_out.dtype)
     elif (not isinstance(grad_weight, np.ndarray) or grad_weight.shape != (V, D)
