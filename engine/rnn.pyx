@@ -155,6 +155,112 @@ cdef extern from *:
             for (Py_ssize_t j = 0; j < cols; j++) out[j] += a[r * lda + j]; \
     }
 
+    /* Per-step GEMM for float32: C[M, N] (+)= A[M, K] @ W[K, N], W rows contiguous.
+       BLAS repacks the whole weight matrix on every call, which costs as much
+       as the product itself at the sizes of one time step (B rows); this
+       kernel streams W as it is instead, keeping a 4 x 64 tile of C in
+       registers (gcc vector extensions: AVX-512, AVX2 or SSE as compiled). */
+    #pragma GCC push_options
+    #pragma GCC optimize ("fp-contract=fast")
+    typedef float rnn_v16 __attribute__((vector_size(64)));
+    typedef float rnn_v16u __attribute__((vector_size(64), aligned(4)));
+
+    /* Rows [m, M) of one column block: tiles of 6, 4, 2 and 1 rows. */
+    #define RNN_ROW_TILES(NV) \
+        for (m = 0; m + 6 <= M; m += 6) \
+            rnn_sgemm_tile(6, NV, K, a + m * lda, lda, w + n0, ldw, c + m * ldc + n0, \
+                           ldc, accumulate); \
+        if (m + 4 <= M) { \
+            rnn_sgemm_tile(4, NV, K, a + m * lda, lda, w + n0, ldw, c + m * ldc + n0, \
+                           ldc, accumulate); \
+            m += 4; \
+        } \
+        if (m + 2 <= M) { \
+            rnn_sgemm_tile(2, NV, K, a + m * lda, lda, w + n0, ldw, c + m * ldc + n0, \
+                           ldc, accumulate); \
+            m += 2; \
+        } \
+        if (m < M) \
+            rnn_sgemm_tile(1, NV, K, a + m * lda, lda, w + n0, ldw, c + m * ldc + n0, \
+                           ldc, accumulate);
+
+    static inline __attribute__((always_inline)) void rnn_sgemm_tile(
+            const int R, const int NV, Py_ssize_t K, const float* restrict a,
+            Py_ssize_t lda, const float* restrict w, Py_ssize_t ldw,
+            float* restrict c, Py_ssize_t ldc, int accumulate) {
+        rnn_v16 acc[6][8];
+        #pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            #pragma GCC unroll 8
+            for (int v = 0; v < NV; v++)
+                acc[r][v] = accumulate ? *(const rnn_v16u*)(c + r * ldc + 16 * v)
+                                       : (rnn_v16){0};
+        }
+        for (Py_ssize_t k = 0; k < K; k++) {
+            rnn_v16 wv[8];
+            #pragma GCC unroll 8
+            for (int v = 0; v < NV; v++) {
+                wv[v] = *(const rnn_v16u*)(w + k * ldw + 16 * v);
+    #if defined(__AVX512F__)
+                /* Keep W in registers: folded into each FMA it is loaded R times. */
+                __asm__("" : "+v"(wv[v]));
+    #endif
+            }
+            #pragma GCC unroll 6
+            for (int r = 0; r < R; r++) {
+                float s = a[r * lda + k];
+                #pragma GCC unroll 8
+                for (int v = 0; v < NV; v++) acc[r][v] += s * wv[v];
+            }
+        }
+        #pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            #pragma GCC unroll 8
+            for (int v = 0; v < NV; v++) *(rnn_v16u*)(c + r * ldc + 16 * v) = acc[r][v];
+        }
+    }
+
+    static void rnn_sgemm_rows(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+            const float* restrict a, Py_ssize_t lda, const float* restrict w,
+            Py_ssize_t ldw, float* restrict c, Py_ssize_t ldc, int accumulate) {
+        Py_ssize_t n0 = 0, m;
+        if (M < 4) {
+            /* Few rows (batch-1 inference): 8 vectors per row hide the FMA latency. */
+            for (; n0 + 128 <= N; n0 += 128)
+                for (m = 0; m < M; m++)
+                    rnn_sgemm_tile(1, 8, K, a + m * lda, lda, w + n0, ldw,
+                                   c + m * ldc + n0, ldc, accumulate);
+        }
+        for (; n0 + 64 <= N; n0 += 64) {
+            RNN_ROW_TILES(4)
+        }
+        for (; n0 + 16 <= N; n0 += 16) {
+            RNN_ROW_TILES(1)
+        }
+        if (n0 < N) {
+            for (m = 0; m < M; m++) {
+                for (Py_ssize_t n = n0; n < N; n++) {
+                    float s = accumulate ? c[m * ldc + n] : 0.0f;
+                    for (Py_ssize_t k = 0; k < K; k++) s += a[m * lda + k] * w[k * ldw + n];
+                    c[m * ldc + n] = s;
+                }
+            }
+        }
+    }
+    #pragma GCC pop_options
+
+    /* dst (cols x rows) = src (rows x cols)^T, in cache-sized blocks. */
+    static void rnn_transpose_f(Py_ssize_t rows, Py_ssize_t cols, const float* restrict src,
+                                float* restrict dst) {
+        for (Py_ssize_t r0 = 0; r0 < rows; r0 += 32)
+            for (Py_ssize_t c0 = 0; c0 < cols; c0 += 32) {
+                Py_ssize_t r1 = r0 + 32 < rows ? r0 + 32 : rows;
+                Py_ssize_t c1 = c0 + 32 < cols ? c0 + 32 : cols;
+                for (Py_ssize_t r = r0; r < r1; r++)
+                    for (Py_ssize_t c = c0; c < c1; c++) dst[c * rows + r] = src[r * cols + c];
+            }
+    }
+
     RNN_DEFINE_CELLS(float, f, rnn_sigmoidf, rnn_tanhf)
     RNN_DEFINE_CELLS(double, d, rnn_sigmoid, rnn_tanh)
     """
@@ -188,6 +294,11 @@ cdef extern from *:
                          const float* dh_rec, float* dg) noexcept nogil
     void rnn_elman_bwd_d(Py_ssize_t H, int relu, const double* h, const double* dy,
                          const double* dh_rec, double* dg) noexcept nogil
+    void rnn_sgemm_rows(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* a,
+                        Py_ssize_t lda, const float* w, Py_ssize_t ldw, float* c,
+                        Py_ssize_t ldc, int accumulate) noexcept nogil
+    void rnn_transpose_f(Py_ssize_t rows, Py_ssize_t cols, const float* src,
+                         float* dst) noexcept nogil
     void rnn_colsum_add_f(Py_ssize_t rows, Py_ssize_t cols, const float* a,
                           Py_ssize_t lda, float* out) noexcept nogil
     void rnn_colsum_add_d(Py_ssize_t rows, Py_ssize_t cols, const double* a,
@@ -260,8 +371,28 @@ cdef void _colsum_add(Py_ssize_t rows, Py_ssize_t cols, const floating* a,
             rnn_colsum_add_d(rows, min(cols - lo, _DB_BLOCK), a + lo, lda, out + lo)
 
 
+cdef inline void _hidden_gemm(int rows, int N, int K, const floating* a, Py_ssize_t lda,
+                              const floating* w_hh, const floating* w_hh_t,
+                              floating beta, floating* c, Py_ssize_t ldc) noexcept nogil:
+    """c = beta * c + a @ w_hh^T for one step's rows (w_hh_t = w_hh^T, float32 only)."""
+    if floating is float:
+        rnn_sgemm_rows(rows, N, K, a, lda, w_hh_t, N, c, ldc, beta != 0)
+    else:
+        gemm(False, True, rows, N, K, <floating>1, a, <int>lda, w_hh, K, beta, c, <int>ldc)
+
+
+cdef inline void _hidden_grad_gemm(int rows, int N, int K, const floating* a,
+                                   Py_ssize_t lda, const floating* w_hh, floating beta,
+                                   floating* c, Py_ssize_t ldc) noexcept nogil:
+    """c = beta * c + a @ w_hh for one step's rows (a: gate gradients, K = G*H)."""
+    if floating is float:
+        rnn_sgemm_rows(rows, N, K, a, lda, w_hh, N, c, ldc, beta != 0)
+    else:
+        gemm(False, False, rows, N, K, <floating>1, a, <int>lda, w_hh, N, beta, c, <int>ldc)
+
+
 cdef void _forward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
-                        const floating* w_hh, const floating* bias,
+                        const floating* w_hh, const floating* w_hh_t, const floating* bias,
                         const floating* bias_hn, const floating* h_prev,
                         Py_ssize_t ld_hp, const floating* c_prev, floating* c_new,
                         floating* acts, floating* gh, floating* y_t) noexcept nogil:
@@ -272,8 +403,8 @@ cdef void _forward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
     cdef unsigned int fp_mode = engine_ftz_enter()
     if d.mode == RNN_LSTM:
         # acts_t already holds x W_ih^T; add h_{t-1} W_hh^T on top.
-        gemm(False, True, rows, <int>(4 * H), <int>H, <floating>1, h_prev + b0 * ld_hp,
-             <int>ld_hp, w_hh, <int>H, <floating>1, acts + b0 * 4 * H, <int>(4 * H))
+        _hidden_gemm(rows, <int>(4 * H), <int>H, h_prev + b0 * ld_hp, ld_hp, w_hh, w_hh_t,
+                     <floating>1, acts + b0 * 4 * H, 4 * H)
         for b in range(b0, b1):
             a = acts + b * 4 * H
             if floating is float:
@@ -284,8 +415,8 @@ cdef void _forward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
                                c_new + b * H, y_t + b * ldy)
     elif d.mode == RNN_GRU:
         # The hidden part stays separate: n needs r * (W_hn h + b_hn).
-        gemm(False, True, rows, <int>(3 * H), <int>H, <floating>1, h_prev + b0 * ld_hp,
-             <int>ld_hp, w_hh, <int>H, <floating>0, gh + b0 * 3 * H, <int>(3 * H))
+        _hidden_gemm(rows, <int>(3 * H), <int>H, h_prev + b0 * ld_hp, ld_hp, w_hh, w_hh_t,
+                     <floating>0, gh + b0 * 3 * H, 3 * H)
         for b in range(b0, b1):
             a = acts + b * 4 * H
             if floating is float:
@@ -296,8 +427,8 @@ cdef void _forward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
                               bias_hn, h_prev + b * ld_hp, y_t + b * ldy)
     else:
         # Elman: y_t holds x W_ih^T; the activation is applied in place.
-        gemm(False, True, rows, <int>H, <int>H, <floating>1, h_prev + b0 * ld_hp,
-             <int>ld_hp, w_hh, <int>H, <floating>1, y_t + b0 * ldy, <int>ldy)
+        _hidden_gemm(rows, <int>H, <int>H, h_prev + b0 * ld_hp, ld_hp, w_hh, w_hh_t,
+                     <floating>1, y_t + b0 * ldy, ldy)
         for b in range(b0, b1):
             if floating is float:
                 rnn_elman_fwd_f(H, d.mode == RNN_RELU, bias, y_t + b * ldy)
@@ -320,6 +451,7 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
     cdef floating* buf = NULL
     cdef floating* bias = NULL
     cdef floating* bias_hn
+    cdef floating* w_hh_t = NULL
     cdef floating* acts = NULL
     cdef floating* cells = NULL
     cdef floating* gh = NULL
@@ -352,10 +484,15 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
         cells = buf + TB * AW
         gh = buf + TB * AW
     # Combined biases: b_ih + b_hh, except the GRU's b_hn that stays inside r * (.).
-    bias = <floating*>calloc((G + 1) * H, sizeof(floating))
+    # For float32 also W_hh^T, the layout the per-step kernel streams.
+    bias = <floating*>calloc((G + 1) * H + (G * H * H if floating is float else 0),
+                             sizeof(floating))
     if bias == NULL:
         free(buf)
         return ENGINE_ENOMEM
+    if floating is float:
+        w_hh_t = bias + (G + 1) * H
+        rnn_transpose_f(G * H, H, w_hh, w_hh_t)
     bias_hn = bias + G * H
     for k in range(G * H):
         if b_ih != NULL:
@@ -394,7 +531,7 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
                 c_new = cells + (s % 2) * BH
                 c_prev = c0 if s == 0 else cells + ((s + 1) % 2) * BH
         if nchunks == 1:
-            _forward_rows(d, 0, B, w_hh, bias, bias_hn, h_prev, ld_hp, c_prev, c_new,
+            _forward_rows(d, 0, B, w_hh, w_hh_t, bias, bias_hn, h_prev, ld_hp, c_prev, c_new,
                           acts + t * B * AW, gh, y + t * B * ldy)
         else:
             for c in prange(nchunks, nogil=True, schedule='static',
@@ -402,7 +539,7 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
                 b0 = c * step
                 b1 = min(B, b0 + step)
                 if b0 < b1:
-                    _forward_rows(d, b0, b1, w_hh, bias, bias_hn, h_prev, ld_hp, c_prev,
+                    _forward_rows(d, b0, b1, w_hh, w_hh_t, bias, bias_hn, h_prev, ld_hp, c_prev,
                                   c_new, acts + t * B * AW, gh, y + t * B * ldy)
 
     # Final states: the last processed step.
@@ -434,8 +571,8 @@ cdef void _backward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
     cdef unsigned int fp_mode = engine_ftz_enter()
     if d.mode == RNN_LSTM:
         if dg_next != NULL:
-            gemm(False, False, rows, <int>H, <int>(4 * H), <floating>1, dg_next + b0 * ldg,
-                 <int>ldg, w_hh, <int>H, <floating>0, dh + b0 * H, <int>H)
+            _hidden_grad_gemm(rows, <int>H, <int>(4 * H), dg_next + b0 * ldg, ldg, w_hh,
+                              <floating>0, dh + b0 * H, H)
         for b in range(b0, b1):
             a = acts_t + b * 4 * H
             if floating is float:
@@ -447,8 +584,8 @@ cdef void _backward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
     elif d.mode == RNN_GRU:
         # dh already holds the direct term dh_next * z; add the gates' part.
         if dg_next != NULL:
-            gemm(False, False, rows, <int>H, <int>(3 * H), <floating>1, dg_next + b0 * ldg,
-                 <int>ldg, w_hh, <int>H, <floating>1, dh + b0 * H, <int>H)
+            _hidden_grad_gemm(rows, <int>H, <int>(3 * H), dg_next + b0 * ldg, ldg, w_hh,
+                              <floating>1, dh + b0 * H, H)
         for b in range(b0, b1):
             a = acts_t + b * 4 * H
             if floating is float:
@@ -459,8 +596,8 @@ cdef void _backward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
                               h_prev + b * ld_hp, dy_t + b * ldy, dh + b * H)
     else:
         if dg_next != NULL:
-            gemm(False, False, rows, <int>H, <int>H, <floating>1, dg_next + b0 * ldg,
-                 <int>ldg, w_hh, <int>H, <floating>0, dh + b0 * H, <int>H)
+            _hidden_grad_gemm(rows, <int>H, <int>H, dg_next + b0 * ldg, ldg, w_hh,
+                              <floating>0, dh + b0 * H, H)
         for b in range(b0, b1):
             if floating is float:
                 rnn_elman_bwd_f(H, d.mode == RNN_RELU, y_t + b * ldy, dy_t + b * ldy,
@@ -469,6 +606,71 @@ cdef void _backward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
                 rnn_elman_bwd_d(H, d.mode == RNN_RELU, y_t + b * ldy, dy_t + b * ldy,
                                 dh + b * H, acts_t + b * H)
     engine_ftz_exit(fp_mode)
+
+
+cdef int _merged_weight_grads(const rnn_dims* d, const floating* x, const floating* y,
+                              const floating* h0, const floating* dg, Py_ssize_t ldg,
+                              floating* grad_w_ih, floating* grad_w_hh) noexcept nogil:
+    """[grad W_ih | grad W_hh] += dG^T [x_t | h_{t-1}]: ONE GEMM with K = T*B.
+
+    For the LSTM and Elman RNN the input and hidden sides share dG, so both
+    weight gradients come from one product (dG is packed once, not twice).
+    Returns ENGINE_ENOMEM (caller falls back to two GEMMs) if buffers fail.
+    """
+    cdef Py_ssize_t T = d.T, B = d.B, I = d.I, H = d.H, W = d.I + d.H
+    cdef Py_ssize_t GH = rnn_num_gates(d.mode) * d.H, s, t, b, k, j
+    cdef const floating* hp
+    cdef Py_ssize_t ld_hp
+    cdef floating* xh = <floating*>malloc(T * B * W * sizeof(floating))
+    cdef floating* prod = <floating*>malloc(GH * W * sizeof(floating))
+    if xh == NULL or prod == NULL:
+        free(xh)
+        free(prod)
+        return ENGINE_ENOMEM
+    for s in range(T):
+        t = _time_index(d, s)
+        if s == 0:
+            hp, ld_hp = h0, H
+        else:
+            hp, ld_hp = y + _time_index(d, s - 1) * B * d.ldy, d.ldy
+        for b in range(B):
+            memcpy(xh + (t * B + b) * W, x + (t * B + b) * I, I * sizeof(floating))
+            memcpy(xh + (t * B + b) * W + I, hp + b * ld_hp, H * sizeof(floating))
+    gemm_parallel(True, False, <int>GH, <int>W, <int>(T * B), <floating>1, dg, <int>ldg,
+                  xh, <int>W, <floating>0, prod, <int>W)
+    for k in range(GH):
+        for j in range(I):
+            grad_w_ih[k * I + j] += prod[k * W + j]
+        for j in range(H):
+            grad_w_hh[k * H + j] += prod[k * W + I + j]
+    free(xh)
+    free(prod)
+    return ENGINE_OK
+
+
+cdef void _separate_weight_grads(const rnn_dims* d, const floating* x, const floating* y,
+                                 const floating* h0, const floating* dgx, Py_ssize_t ldgx,
+                                 const floating* dgh, Py_ssize_t ldgh, floating* grad_w_ih,
+                                 floating* grad_w_hh) noexcept nogil:
+    """grad W_ih += dGx^T x and grad W_hh += dGh^T h_prev, GEMMs with K = T*B."""
+    cdef Py_ssize_t T = d.T, B = d.B, I = d.I, H = d.H, ldy = d.ldy
+    cdef Py_ssize_t GH = rnn_num_gates(d.mode) * d.H, t0 = _time_index(d, 0)
+    gemm_parallel(True, False, <int>GH, <int>I, <int>(T * B), <floating>1, dgx, <int>ldgx,
+                  x, <int>I, <floating>1, grad_w_ih, <int>I)
+    # The steps after the first pair with the outputs y of the step before
+    # (one GEMM), the first with h0.
+    if T > 1:
+        if d.reverse:
+            gemm_parallel(True, False, <int>GH, <int>H, <int>((T - 1) * B), <floating>1,
+                          dgh, <int>ldgh, y + B * ldy, <int>ldy, <floating>1,
+                          grad_w_hh, <int>H)
+        else:
+            gemm_parallel(True, False, <int>GH, <int>H, <int>((T - 1) * B), <floating>1,
+                          dgh + B * ldgh, <int>ldgh, y, <int>ldy, <floating>1,
+                          grad_w_hh, <int>H)
+    gemm_parallel(True, False, <int>GH, <int>H, <int>B, <floating>1,
+                  dgh + t0 * B * ldgh, <int>ldgh, h0, <int>H, <floating>1,
+                  grad_w_hh, <int>H)
 
 
 cdef int rnn_backward(const rnn_dims* d, const floating* x,
@@ -586,22 +788,9 @@ cdef int rnn_backward(const rnn_dims* d, const floating* x,
     if d_x != NULL:
         gemm_parallel(False, False, <int>TB, <int>I, <int>GH, <floating>1, dgx, <int>ldgx,
                       w_ih, <int>I, <floating>(1 if accumulate_dx else 0), d_x, <int>I)
-    gemm_parallel(True, False, <int>GH, <int>I, <int>TB, <floating>1, dgx, <int>ldgx,
-                  x, <int>I, <floating>1, grad_w_ih, <int>I)
-    # grad W_hh = sum_t dG_t^T h_{t-1}: the steps after the first pair with the
-    # outputs y of the step before (one GEMM), the first with h0.
-    if T > 1:
-        if d.reverse:
-            gemm_parallel(True, False, <int>GH, <int>H, <int>((T - 1) * B), <floating>1,
-                          dgh_all, <int>ldgh, y + B * ldy, <int>ldy, <floating>1,
-                          grad_w_hh, <int>H)
-        else:
-            gemm_parallel(True, False, <int>GH, <int>H, <int>((T - 1) * B), <floating>1,
-                          dgh_all + B * ldgh, <int>ldgh, y, <int>ldy, <floating>1,
-                          grad_w_hh, <int>H)
-    gemm_parallel(True, False, <int>GH, <int>H, <int>B, <floating>1,
-                  dgh_all + t0 * B * ldgh, <int>ldgh, h0, <int>H, <floating>1,
-                  grad_w_hh, <int>H)
+    if dgx != dgh_all or _merged_weight_grads(d, x, y, h0, dgx, ldgx, grad_w_ih,
+                                              grad_w_hh) != ENGINE_OK:
+        _separate_weight_grads(d, x, y, h0, dgx, ldgx, dgh_all, ldgh, grad_w_ih, grad_w_hh)
     if grad_b_ih != NULL:
         _colsum_add(TB, GH, dgx, ldgx, grad_b_ih)
     if grad_b_hh != NULL:
