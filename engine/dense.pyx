@@ -13,6 +13,9 @@ from engine._validate import float_array, out_array, check_blas_size, export_ent
 # Column block for the bias-gradient sum: each block is summed by one thread,
 # rows in order, so the result does not depend on the thread count.
 cdef Py_ssize_t _DB_BLOCK = 64
+# Element count below which a pass runs on the calling thread only (waking the
+# OpenMP team costs a few microseconds, far more under load).
+cdef Py_ssize_t _PAR_MIN = 1 << 16
 
 
 cdef int linear_forward(const floating* x, const floating* W, const floating* b,
@@ -28,8 +31,9 @@ cdef int linear_forward(const floating* x, const floating* W, const floating* b,
     fp_mode = engine_ftz_enter()
     if b != NULL:
         # Bias first, then accumulate the product on top of it (beta = 1).
+        # A parallel region costs more than filling a small output.
         for n in prange(N, nogil=True, schedule='static',
-                        num_threads=engine_num_threads()):
+                        num_threads=engine_num_threads() if N * OUT >= _PAR_MIN else 1):
             for o in range(OUT):
                 y[n * OUT + o] = b[o]
         beta = 1
@@ -58,7 +62,7 @@ cdef int linear_backward(const floating* x, const floating* W, const floating* d
     if db != NULL and OUT > 0:
         nblk = ceil_div(OUT, _DB_BLOCK)
         for blk in prange(nblk, nogil=True, schedule='static',
-                          num_threads=engine_num_threads()):
+                          num_threads=engine_num_threads() if N * OUT >= _PAR_MIN else 1):
             o0 = blk * _DB_BLOCK
             o1 = min(OUT, o0 + _DB_BLOCK)
             if not accumulate:

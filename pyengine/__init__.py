@@ -13,5 +13,16 @@ __version__ = "0.1.0"
 from pyengine.gradcheck import GradcheckError, gradcheck
 from pyengine import init, reference
 from pyengine.linear import Identity, Linear
+from pyengine.data import DataLoader, Subset, TensorDataset, random_split, train_val_split
+from pyengine.io import load, save
+from pyengine.training import Checkpoint, EarlyStopping, History, evaluate, fit, predict
+from pyengine import optim
+from pyengine.activation import (GELU, Flatten, LeakyReLU, LogSoftmax, ReLU, Sigmoid,
+                                 Softmax, Softplus, Tanh)
+from pyengine.loss import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss, NLLLoss
+from pyengine.optim import clip_grad_norm_, clip_grad_value_
+from pyengine.norm import BatchNorm1d, BatchNorm2d
+from pyengine.dropout import Dropout
+from pyengine.conv import Conv2d
 from pyengine.rnn import GRU, LSTM, RNN
 from pyengine.embedding import Embedding

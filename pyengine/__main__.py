@@ -1,4 +1,4 @@
-"""Command line: ``python -m pyengine demo | info``."""
+"""Command line: ``python -m pyengine demo | eval CHECKPOINT | bench | info``."""
 
 import argparse
 import sys
@@ -22,46 +22,71 @@ def _split_digits(seed=0, test_fraction=0.2):
     return (x[~test], y[~test]), (x[test], y[test])
 
 
+def build_model(name, **kwargs):
+    """The demo architectures by name; checkpoints store (name, kwargs) to rebuild them."""
+    import pyengine as pe
+
+    if name == "mlp":
+        sizes = [kwargs.get("in_features", 64), *kwargs.get("hidden", (128, 64)),
+                 kwargs.get("classes", 10)]
+        layers = []
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(pe.Linear(n_in, n_out))
+            if i < len(sizes) - 2:
+                layers.append(pe.ReLU())
+        return pe.Sequential(*layers)
+    raise ValueError(f"unknown architecture {name!r}")
+
+
 def demo_mlp(args):
     import pyengine as pe
-    from tqdm import tqdm
 
     pe.manual_seed(args.seed)
     (xtr, ytr), (xte, yte) = _split_digits(seed=args.seed)
-    model = pe.Sequential(pe.Linear(64, 128), pe.ReLU(), pe.Linear(128, 64), pe.ReLU(),
-                          pe.Linear(64, 10))
+    # hold out 10% of the training images (stratified) for early stopping
+    train, val = pe.train_val_split(xtr, ytr, val_fraction=0.1, seed=args.seed, stratify=ytr)
+    arch = {"name": "mlp", "args": {"in_features": 64, "hidden": [128, 64], "classes": 10}}
+    model = build_model(arch["name"], **arch["args"])
     loss_fn = pe.CrossEntropyLoss()
-    opt = pe.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    print(f"MLP 64-128-64-10 on UCI digits: {len(ytr)} train / {len(yte)} test images, "
-          f"{pe.get_num_threads()} thread(s)")
-    rng = np.random.default_rng(args.seed)
+    opt = pe.optim.Adam(model.parameters(), lr=args.lr)
+    scheduler = pe.optim.ReduceLROnPlateau(opt, factor=0.5, patience=2)
+    stopper = pe.EarlyStopping(monitor="val_loss", patience=5)
+    checkpoint = pe.Checkpoint(args.checkpoint, monitor="val_loss", extra={
+        "arch": arch, "data": {"name": "digits", "seed": args.seed, "test_fraction": 0.2}})
+    print(f"MLP 64-128-64-10 on UCI digits: {len(train[1])} train / {len(val[1])} validation / "
+          f"{len(yte)} test images, {pe.get_num_threads()} thread(s); Adam lr {args.lr}, "
+          "ReduceLROnPlateau, early stopping on val loss")
     start = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        order = rng.permutation(len(ytr))
-        total, correct, seen = 0.0, 0, 0
-        bar = tqdm(range(0, len(order), args.batch_size), desc=f"epoch {epoch:2d}/{args.epochs}",
-                   leave=False, disable=not sys.stderr.isatty() and not args.progress)
-        for i in bar:
-            idx = order[i:i + args.batch_size]
-            logits = model(xtr[idx])
-            loss = loss_fn(logits, ytr[idx])
-            opt.zero_grad()
-            model.backward(loss_fn.backward(), input_grad=False)
-            opt.step()
-            total += loss * len(idx)
-            correct += int((logits.argmax(1) == ytr[idx]).sum())
-            seen += len(idx)
-            bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / seen:.3f}")
-        if epoch == 1 or epoch % 5 == 0 or epoch == args.epochs:
-            print(f"epoch {epoch:2d}: train loss {total / seen:.4f}, train accuracy "
-                  f"{correct / seen:.4f}")
+    show_bar = sys.stderr.isatty() or args.progress
+    history = pe.fit(model, loss_fn, opt, train, epochs=args.epochs, val=val,
+                     batch_size=args.batch_size, scheduler=scheduler, early_stopping=stopper,
+                     checkpoint=checkpoint, verbose=2 if show_bar else 0)
     elapsed = time.perf_counter() - start
+    for epoch in range(1, history.epochs + 1):
+        if epoch == 1 or epoch % 5 == 0 or epoch == history.epochs:
+            e = epoch - 1
+            print(f"epoch {epoch:2d}: train loss {history['loss'][e]:.4f}, train accuracy "
+                  f"{history['accuracy'][e]:.4f}, val loss {history['val_loss'][e]:.4f}, "
+                  f"val accuracy {history['val_accuracy'][e]:.4f}, lr {history['lr'][e]:.2g}")
+    if history.stopped_early:
+        print(f"early stopping after epoch {history.epochs}: weights of the best epoch "
+              f"{stopper.best_epoch} (val loss {stopper.best:.4f}) restored")
     model.eval()
     with pe.no_grad():
         accuracy = float((model(xte).argmax(1) == yte).mean())
     print(f"test accuracy: {accuracy:.4f} ({len(yte)} held-out images); "
           f"training took {elapsed:.2f} s")
-    return accuracy
+
+    # reload the best checkpoint into a freshly built model: same predictions
+    ckpt = pe.load(args.checkpoint)
+    reloaded = build_model(ckpt["arch"]["name"], **ckpt["arch"]["args"])
+    reloaded.load_state_dict(ckpt["model"])
+    result = pe.evaluate(reloaded, loss_fn, (xte, yte))
+    print(f"checkpoint {args.checkpoint} (epoch {ckpt['epoch']}) reloaded: test accuracy "
+          f"{result['accuracy']:.4f}, test loss {result['loss']:.4f}"
+          f"{'' if result['accuracy'] == accuracy else ' (MISMATCH)'}; "
+          f"evaluate it again with: python -m pyengine eval {args.checkpoint}")
+    return accuracy if result["accuracy"] == accuracy else 0.0
 
 
 def cmd_demo(args):
@@ -72,6 +97,33 @@ def cmd_demo(args):
     demos = {"mlp": demo_mlp}
     accuracy = demos[args.model](args)
     return 0 if accuracy >= 0.9 else 1
+
+
+def cmd_eval(args):
+    import pyengine as pe
+
+    ckpt = pe.load(args.checkpoint)
+    if not isinstance(ckpt, dict) or "arch" not in ckpt or "model" not in ckpt:
+        print(f"{args.checkpoint}: not a pyengine demo checkpoint (it needs 'arch' and "
+              "'model' entries, as written by python -m pyengine demo)", file=sys.stderr)
+        return 2
+    if args.threads:
+        pe.set_num_threads(args.threads)
+    arch = ckpt["arch"]
+    model = build_model(arch["name"], **arch["args"])
+    model.load_state_dict(ckpt["model"])
+    data = ckpt.get("data", {"name": "digits", "seed": 0, "test_fraction": 0.2})
+    if data.get("name") != "digits":
+        print(f"{args.checkpoint}: unknown dataset {data.get('name')!r}", file=sys.stderr)
+        return 2
+    _, (xte, yte) = _split_digits(seed=data["seed"], test_fraction=data["test_fraction"])
+    start = time.perf_counter()
+    result = pe.evaluate(model, pe.CrossEntropyLoss(), (xte, yte))
+    elapsed = time.perf_counter() - start
+    print(f"{arch['name']} {arch['args']} from {args.checkpoint} (epoch {ckpt.get('epoch')})")
+    print(f"test accuracy: {result['accuracy']:.4f} ({len(yte)} held-out images); "
+          f"test loss {result['loss']:.4f}; evaluation took {elapsed:.3f} s")
+    return 0
 
 
 def cmd_info(args):
@@ -94,6 +146,10 @@ def cmd_info(args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from pyengine import bench
+        return bench.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m pyengine",
                                      description="pyengine command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,7 +161,17 @@ def main(argv=None):
     demo.add_argument("--threads", type=int, default=None)
     demo.add_argument("--progress", action="store_true",
                       help="show the progress bar even when stderr is not a terminal")
+    demo.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    demo.add_argument("--checkpoint", default="pyengine_demo_mlp.safetensors",
+                      help="where to save the best model (default: %(default)s)")
     demo.set_defaults(func=cmd_demo)
+    evaluate = sub.add_parser("eval", help="rebuild a model from a demo checkpoint and "
+                              "print its test accuracy")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--threads", type=int, default=None)
+    evaluate.set_defaults(func=cmd_eval)
+    sub.add_parser("bench", help="compare with reference NumPy and PyTorch "
+                   "(python -m pyengine bench --help)")
     info = sub.add_parser("info", help="build, thread and BLAS information")
     info.set_defaults(func=cmd_info)
     args = parser.parse_args(argv)

@@ -1,0 +1,82 @@
+# 2-D convolution kernels, NCHW, float32/float64, two algorithms:
+#
+#   im2col + GEMM : per work item (one image, or a few small images batched
+#                   into one GEMM) unfold the input into a column buffer and
+#                   multiply by the weight with a 1-thread sgemm; OpenMP over
+#                   work items. 1x1 stride-1 unpadded conv skips the unfold.
+#   direct        : no column buffer; one zero-padded copy of the input planes
+#                   per (image, group) and vectorised row loops over the taps.
+#                   Wins for depthwise/grouped conv and 1-3 input channels.
+#
+# Shapes: x (N, C, H, W), weight (K, C/groups, kh, kw) as torch, bias (K,),
+# y (N, K, OH, OW). Every entry returns 0 or a negative ENGINE_E* code and
+# never reads or writes outside these arrays, whatever the parameters.
+# Weight and bias gradients are deterministic for any thread count (chunk
+# partials from the shapes only, reduced in chunk order).
+
+from cython cimport floating
+
+ctypedef struct Conv2dParams:
+    Py_ssize_t N, C, H, W      # input: batch, channels, height, width
+    Py_ssize_t K               # output channels
+    Py_ssize_t kh, kw          # kernel size
+    Py_ssize_t sh, sw          # stride
+    Py_ssize_t ph, pw          # zero padding at the top and at the left
+    Py_ssize_t dh, dw          # dilation
+    Py_ssize_t groups          # C and K are multiples of groups
+    Py_ssize_t OH, OW          # output size; the bottom/right zero padding is
+                               # whatever these imply (asymmetric 'same')
+
+cdef enum ConvAlgo:
+    CONV_ALGO_AUTO = 0
+    CONV_ALGO_IM2COL = 1
+    CONV_ALGO_DIRECT = 2
+
+# Fill p.OH, p.OW for symmetric padding (ph, pw on both sides).
+# ENGINE_EBADARG when the kernel does not fit the padded input.
+cdef int conv2d_set_output_size(Conv2dParams* p) noexcept nogil
+
+# 0 when every size is positive, C and K divide by groups and sizes fit BLAS.
+cdef int conv2d_check_params(const Conv2dParams* p) noexcept nogil
+
+# The algorithm 'auto' picks for this layer shape (IM2COL or DIRECT).
+cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p) noexcept nogil
+
+# cols (N, C*kh*kw, OH*OW), rows ordered (c, i, j); parallel over images.
+cdef int im2col_batch(Conv2dParams p, const floating* x, floating* cols) noexcept nogil
+# dx (N, C, H, W) = adjoint of im2col (sums overlapping taps); overwrites dx.
+cdef int col2im_batch(Conv2dParams p, const floating* cols, floating* dx) noexcept nogil
+
+# y = conv(x, w) + b (b may be NULL).
+cdef int conv2d_im2col_forward(Conv2dParams p, const floating* x,
+                               const floating* w, const floating* b,
+                               floating* y) noexcept nogil
+# dx = conv_transpose(dy, w); overwrites dx.
+cdef int conv2d_im2col_backward_input(Conv2dParams p, const floating* w,
+                                      const floating* dy,
+                                      floating* dx) noexcept nogil
+# dw (+)= dL/dw, db (+)= dL/db (db may be NULL); `accumulate` adds to the
+# arrays' contents (like torch's .grad), otherwise overwrites them.
+cdef int conv2d_im2col_backward_weight(Conv2dParams p, const floating* x,
+                                       const floating* dy, floating* dw,
+                                       floating* db, bint accumulate) noexcept nogil
+
+cdef int conv2d_direct_forward(Conv2dParams p, const floating* x,
+                               const floating* w, const floating* b,
+                               floating* y) noexcept nogil
+cdef int conv2d_direct_backward_input(Conv2dParams p, const floating* w,
+                                      const floating* dy,
+                                      floating* dx) noexcept nogil
+cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
+                                       const floating* dy, floating* dw,
+                                       floating* db, bint accumulate) noexcept nogil
+
+# Dispatch on `algo` (CONV_ALGO_AUTO -> conv2d_choose_algo).
+cdef int conv2d_forward(Conv2dParams p, ConvAlgo algo, const floating* x,
+                        const floating* w, const floating* b,
+                        floating* y) noexcept nogil
+# dx may be NULL (skip the input gradient: first layer), db may be NULL.
+cdef int conv2d_backward(Conv2dParams p, ConvAlgo algo, const floating* x,
+                         const floating* w, const floating* dy,
+                         floating* dx, floating* dw, floating* db,
+                         bint accumulate) noexcept nogil

@@ -1,0 +1,1331 @@
+"""2-D convolution kernels: im2col + GEMM and direct, forward and backward.
+
+See conv.pxd for the C-level API. The Python entries below validate their
+arguments and call the C-level entries without the GIL.
+"""
+
+import numpy as np
+from cython cimport floating
+from cython.parallel cimport prange, parallel, threadid
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset, memcpy
+
+from engine._common cimport (ENGINE_OK, ENGINE_EBADARG, ENGINE_ENOMEM,
+                             engine_ftz_enter, engine_ftz_exit, work_chunks,
+                             ceil_div)
+from engine._threads cimport engine_num_threads
+from engine.blas cimport gemm, gemm_parallel
+from engine._validate import float_array, out_array, check_blas_size
+
+# -- tuning constants ---------------------------------------------------------
+# im2col: images whose output has fewer pixels than this are batched into one
+# GEMM (columns of several images side by side) so that sgemm's N dimension
+# stays large; 1-thread sgemm drops from ~100 to ~75 GFLOPS below a few
+# hundred columns (PERFORMANCE.md; oneDNN uses 512 output pixels as its cut).
+cdef Py_ssize_t _MIN_GEMM_COLS = 256
+# Weight-gradient chunks: at most this many private dW partials, each worth at
+# least this many FLOPs (the chunk count depends on the shapes only).
+cdef Py_ssize_t _DW_MAX_CHUNKS = 8
+cdef double _DW_CHUNK_FLOPS = 2.0e6
+# Direct convolution: output pixels per register tile.
+cdef enum:
+    _VL = 16
+
+cdef size_t _BLAS_INT_MAX = 2147483647
+
+
+# -- parameters ---------------------------------------------------------------
+
+cdef int conv2d_set_output_size(Conv2dParams* p) noexcept nogil:
+    cdef Py_ssize_t eh = p.dh * (p.kh - 1) + 1, ew = p.dw * (p.kw - 1) + 1
+    if p.sh <= 0 or p.sw <= 0 or p.H + 2 * p.ph < eh or p.W + 2 * p.pw < ew:
+        return ENGINE_EBADARG
+    p.OH = (p.H + 2 * p.ph - eh) // p.sh + 1
+    p.OW = (p.W + 2 * p.pw - ew) // p.sw + 1
+    return ENGINE_OK
+
+
+cdef int conv2d_check_params(const Conv2dParams* p) noexcept nogil:
+    if (p.N <= 0 or p.C <= 0 or p.H <= 0 or p.W <= 0 or p.K <= 0
+            or p.kh <= 0 or p.kw <= 0 or p.sh <= 0 or p.sw <= 0
+            or p.ph < 0 or p.pw < 0 or p.dh <= 0 or p.dw <= 0
+            or p.groups <= 0 or p.OH <= 0 or p.OW <= 0):
+        return ENGINE_EBADARG
+    if p.C % p.groups != 0 or p.K % p.groups != 0:
+        return ENGINE_EBADARG
+    # GEMM sizes are 32-bit ints: the unfolded rows and the batched columns.
+    if (<size_t>(p.C // p.groups) * p.kh * p.kw > _BLAS_INT_MAX
+            or <size_t>p.OH * p.OW * _MIN_GEMM_COLS > _BLAS_INT_MAX
+            or <size_t>p.H * p.W > _BLAS_INT_MAX):
+        return ENGINE_EBADARG
+    return ENGINE_OK
+
+
+cdef inline bint _is_pointwise(const Conv2dParams* p) noexcept nogil:
+    """1x1, stride 1, no padding: the input planes already are the columns."""
+    return (p.kh == 1 and p.kw == 1 and p.sh == 1 and p.sw == 1
+            and p.ph == 0 and p.pw == 0 and p.OH == p.H and p.OW == p.W)
+
+
+cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p) noexcept nogil:
+    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
+    if _is_pointwise(p):
+        return CONV_ALGO_IM2COL          # a plain GEMM on the input planes
+    # Depthwise / narrow groups: per-group GEMMs of a few rows run far below
+    # sgemm speed, the direct loops do not.
+    if Cg * p.kh * p.kw <= 32 or Kg < 8:
+        return CONV_ALGO_DIRECT
+    return CONV_ALGO_IM2COL
+
+
+# -- small helpers ------------------------------------------------------------
+
+cdef inline void _valid_range(Py_ssize_t off, Py_ssize_t stride, Py_ssize_t size,
+                              Py_ssize_t count, Py_ssize_t* lo,
+                              Py_ssize_t* hi) noexcept nogil:
+    """Outputs o in [lo, hi) with 0 <= o * stride + off < size."""
+    cdef Py_ssize_t a = 0, b
+    if off < 0:
+        a = ceil_div(-off, stride)
+    if size - 1 - off < 0:
+        b = 0
+    else:
+        b = (size - 1 - off) // stride + 1
+    if b > count:
+        b = count
+    if a > b:
+        a = b
+    lo[0] = a
+    hi[0] = b
+
+
+cdef inline floating _sum(const floating* x, Py_ssize_t n) noexcept nogil:
+    """Sum in a fixed order with 16 lane partials (vectorises, deterministic)."""
+    cdef floating acc[16]
+    cdef Py_ssize_t i, l
+    cdef floating s = 0
+    for l in range(16):
+        acc[l] = 0
+    i = 0
+    while i + 16 <= n:
+        for l in range(16):
+            acc[l] += x[i + l]
+        i += 16
+    for l in range(n - i):
+        acc[l] += x[i + l]
+    for l in range(16):
+        s += acc[l]
+    return s
+
+
+cdef inline void _gemm(bint par, bint ta, bint tb, Py_ssize_t M, Py_ssize_t N,
+                       Py_ssize_t K, const floating* A, Py_ssize_t lda,
+                       const floating* B, Py_ssize_t ldb, floating beta,
+                       floating* C, Py_ssize_t ldc) noexcept nogil:
+    if par:
+        gemm_parallel(ta, tb, <int>M, <int>N, <int>K, <floating>1, A, <int>lda,
+                      B, <int>ldb, beta, C, <int>ldc)
+    else:
+        gemm(ta, tb, <int>M, <int>N, <int>K, <floating>1, A, <int>lda,
+             B, <int>ldb, beta, C, <int>ldc)
+
+
+cdef void _bias_grad(const Conv2dParams* p, const floating* dy, floating* db,
+                     bint accumulate) noexcept nogil:
+    """db[k] (+)= sum over images and pixels of dy[n, k]; parallel over k."""
+    cdef Py_ssize_t k, n, P = p.OH * p.OW
+    cdef floating s
+    cdef unsigned int old
+    for k in prange(p.K, schedule='static', num_threads=engine_num_threads()):
+        s = 0
+        for n in range(p.N):
+            s = s + _sum(dy + (n * p.K + k) * P, P)
+        if accumulate:
+            db[k] = db[k] + s
+        else:
+            db[k] = s
+
+
+# -- im2col / col2im for one image --------------------------------------------
+
+cdef void _im2col_image(const Conv2dParams* p, const floating* x, Py_ssize_t nch,
+                        floating* col, Py_ssize_t ldc) noexcept nogil:
+    """Unfold `nch` channel planes of one image into rows of `col` (stride ldc).
+
+    Row (c, i, j) holds x[c, oh*sh + i*dh - ph, ow*sw + j*dw - pw] for every
+    output pixel (zeros where that falls in the padding).
+    """
+    cdef Py_ssize_t H = p.H, W = p.W, OH = p.OH, OW = p.OW
+    cdef Py_ssize_t c, i, j, oh, ow, ih, off, lo, hi, sw = p.sw
+    cdef const floating* src
+    cdef floating* dst
+    for c in range(nch):
+        for i in range(p.kh):
+            for j in range(p.kw):
+                dst = col + ((c * p.kh + i) * p.kw + j) * ldc
+                off = j * p.dw - p.pw
+                _valid_range(off, sw, W, OW, &lo, &hi)
+                for oh in range(OH):
+                    ih = oh * p.sh + i * p.dh - p.ph
+                    if ih < 0 or ih >= H or lo >= hi:
+                        memset(dst, 0, OW * sizeof(floating))
+                    else:
+                        for ow in range(lo):
+                            dst[ow] = 0
+                        src = x + (c * H + ih) * W + lo * sw + off
+                        if sw == 1:
+                            memcpy(dst + lo, src, (hi - lo) * sizeof(floating))
+                        else:
+                            for ow in range(hi - lo):
+                                dst[lo + ow] = src[ow * sw]
+                        for ow in range(hi, OW):
+                            dst[ow] = 0
+                    dst += OW
+
+
+cdef void _col2im_image(const Conv2dParams* p, const floating* col,
+                        Py_ssize_t ldc, Py_ssize_t nch, floating* dx) noexcept nogil:
+    """dx[c] = sum of the column entries that _im2col_image read from each pixel."""
+    cdef Py_ssize_t H = p.H, W = p.W, OH = p.OH, OW = p.OW
+    cdef Py_ssize_t c, i, j, oh, ow, ih, off, lo, hi, sw = p.sw
+    cdef const floating* src
+    cdef floating* dst
+    memset(dx, 0, nch * H * W * sizeof(floating))
+    for c in range(nch):
+        for i in range(p.kh):
+            for j in range(p.kw):
+                src = col + ((c * p.kh + i) * p.kw + j) * ldc
+                off = j * p.dw - p.pw
+                _valid_range(off, sw, W, OW, &lo, &hi)
+                for oh in range(OH):
+                    ih = oh * p.sh + i * p.dh - p.ph
+                    if ih >= 0 and ih < H and lo < hi:
+                        dst = dx + (c * H + ih) * W + lo * sw + off
+                        if sw == 1:
+                            for ow in range(hi - lo):
+                                dst[ow] += src[lo + ow]
+                        else:
+                            for ow in range(hi - lo):
+                                dst[ow * sw] += src[lo + ow]
+                    src += OW
+
+
+cdef int im2col_batch(Conv2dParams p, const floating* x, floating* cols) noexcept nogil:
+    cdef int err = conv2d_check_params(&p)
+    cdef Py_ssize_t n, R = p.C * p.kh * p.kw, P = p.OH * p.OW
+    if err:
+        return err
+    for n in prange(p.N, schedule='static', num_threads=engine_num_threads()):
+        _im2col_image(&p, x + n * p.C * p.H * p.W, p.C, cols + n * R * P, P)
+    return ENGINE_OK
+
+
+cdef int col2im_batch(Conv2dParams p, const floating* cols, floating* dx) noexcept nogil:
+    cdef int err = conv2d_check_params(&p)
+    cdef Py_ssize_t n, R = p.C * p.kh * p.kw, P = p.OH * p.OW
+    cdef unsigned int old
+    if err:
+        return err
+    for n in prange(p.N, schedule='static', num_threads=engine_num_threads()):
+        old = engine_ftz_enter()
+        _col2im_image(&p, cols + n * R * P, P, p.C, dx + n * p.C * p.H * p.W)
+        engine_ftz_exit(old)
+    return ENGINE_OK
+
+
+# -- im2col + GEMM ------------------------------------------------------------
+# A work item is `nb` consecutive images starting at n0 (nb = the batching
+# factor B except for the last item). With B > 1 their columns sit side by
+# side in one buffer (leading dimension nb*P) and one GEMM covers them.
+
+cdef inline Py_ssize_t _images_per_item(const Conv2dParams* p) noexcept nogil:
+    cdef Py_ssize_t P = p.OH * p.OW, B
+    if _is_pointwise(p) or P >= _MIN_GEMM_COLS:
+        return 1
+    B = ceil_div(_MIN_GEMM_COLS, P)
+    return B if B < p.N else p.N
+
+
+cdef void _unfold_item(const Conv2dParams* p, const floating* x, Py_ssize_t n0,
+                       Py_ssize_t nb, Py_ssize_t g, floating* col) noexcept nogil:
+    cdef Py_ssize_t b, Cg = p.C // p.groups, P = p.OH * p.OW
+    for b in range(nb):
+        _im2col_image(p, x + ((n0 + b) * p.C + g * Cg) * p.H * p.W, Cg,
+                      col + b * P, nb * P)
+
+
+cdef const floating* _gather_dy(const Conv2dParams* p, const floating* dy,
+                                Py_ssize_t n0, Py_ssize_t nb, Py_ssize_t g,
+                                floating* tmp) noexcept nogil:
+    """dy of group g for images n0.. as a (Kg, nb*P) matrix (a copy if nb > 1)."""
+    cdef Py_ssize_t b, k, Kg = p.K // p.groups, P = p.OH * p.OW
+    if nb == 1:
+        return dy + (n0 * p.K + g * Kg) * P
+    for k in range(Kg):
+        for b in range(nb):
+            memcpy(tmp + k * nb * P + b * P, dy + ((n0 + b) * p.K + g * Kg + k) * P,
+                   P * sizeof(floating))
+    return tmp
+
+
+cdef void _im2col_forward_item(const Conv2dParams* p, const floating* x,
+                               const floating* w, const floating* bias,
+                               floating* y, Py_ssize_t n0, Py_ssize_t nb,
+                               floating* col, floating* tmp,
+                               bint par) noexcept nogil:
+    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
+    cdef Py_ssize_t R = Cg * p.kh * p.kw, P = p.OH * p.OW, ld = nb * P
+    cdef Py_ssize_t g, k, b, q
+    cdef const floating* cols
+    cdef floating* yk
+    cdef const floating* src
+    cdef floating bk
+    for g in range(p.groups):
+        if nb == 1 and _is_pointwise(p):
+            cols = x + (n0 * p.C + g * Cg) * p.H * p.W
+        else:
+            _unfold_item(p, x, n0, nb, g, col)
+            cols = col
+        if nb == 1:
+            # Bias first, then GEMM with beta = 1 adds the product onto it.
+            yk = y + (n0 * p.K + g * Kg) * P
+            if bias != NULL:
+                for k in range(Kg):
+                    bk = bias[g * Kg + k]
+                    for q in range(P):
+                        yk[k * P + q] = bk
+            _gemm(par, False, False, Kg, P, R, w + g * Kg * R, R, cols, P,
+                  1 if bias != NULL else 0, yk, P)
+        else:
+            _gemm(par, False, False, Kg, ld, R, w + g * Kg * R, R, cols, ld,
+                  0, tmp, ld)
+            for b in range(nb):
+                for k in range(Kg):
+                    yk = y + ((n0 + b) * p.K + g * Kg + k) * P
+                    src = tmp + k * ld + b * P
+                    bk = bias[g * Kg + k] if bias != NULL else 0
+                    for q in range(P):
+                        yk[q] = src[q] + bk
+
+
+cdef void _im2col_backward_input_item(const Conv2dParams* p, const floating* w,
+                                      const floating* dy, floating* dx,
+                                      Py_ssize_t n0, Py_ssize_t nb,
+                                      floating* dcol, floating* tmp,
+                                      bint par) noexcept nogil:
+    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
+    cdef Py_ssize_t R = Cg * p.kh * p.kw, P = p.OH * p.OW, ld = nb * P
+    cdef Py_ssize_t g, b, HW = p.H * p.W
+    cdef const floating* dyg
+    for g in range(p.groups):
+        dyg = _gather_dy(p, dy, n0, nb, g, tmp)
+        if nb == 1 and _is_pointwise(p):
+            _gemm(par, True, False, Cg, P, Kg, w + g * Kg * R, R, dyg, P, 0,
+                  dx + (n0 * p.C + g * Cg) * HW, P)
+            continue
+        _gemm(par, True, False, R, ld, Kg, w + g * Kg * R, R, dyg, ld, 0, dcol, ld)
+        for b in range(nb):
+            _col2im_image(p, dcol + b * P, ld, Cg, dx + ((n0 + b) * p.C + g * Cg) * HW)
+
+
+cdef void _im2col_backward_weight_item(const Conv2dParams* p, const floating* x,
+                                       const floating* dy, floating* dw_part,
+                                       bint first, Py_ssize_t n0, Py_ssize_t nb,
+                                       floating* col, floating* tmp,
+                                       bint par) noexcept nogil:
+    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
+    cdef Py_ssize_t R = Cg * p.kh * p.kw, P = p.OH * p.OW, ld = nb * P
+    cdef Py_ssize_t g
+    cdef const floating* cols
+    cdef const floating* dyg
+    for g in range(p.groups):
+        if nb == 1 and _is_pointwise(p):
+            cols = x + (n0 * p.C + g * Cg) * p.H * p.W
+        else:
+            _unfold_item(p, x, n0, nb, g, col)
+            cols = col
+        dyg = _gather_dy(p, dy, n0, nb, g, tmp)
+        # dW_g[Kg, R] (+)= dY_g[Kg, ld] @ cols[R, ld]^T
+        _gemm(par, False, True, Kg, R, ld, dyg, ld, cols, ld,
+              0 if first else 1, dw_part + g * Kg * R, R)
+
+
+cdef inline Py_ssize_t _workspace_size(const Conv2dParams* p, Py_ssize_t B) noexcept nogil:
+    """Per-thread elements: a column buffer and (when batching) a (Kg, B*P) buffer."""
+    cdef Py_ssize_t R = (p.C // p.groups) * p.kh * p.kw, P = p.OH * p.OW
+    return R * B * P + ((p.K // p.groups) * B * P if B > 1 else 0)
+
+
+cdef int conv2d_im2col_forward(Conv2dParams p, const floating* x,
+                               const floating* w, const floating* b,
+                               floating* y) noexcept nogil:
+    cdef int err = conv2d_check_params(&p)
+    if err:
+        return err
+    cdef Py_ssize_t B = _images_per_item(&p)
+    cdef Py_ssize_t items = ceil_div(p.N, B), it, n0, nb
+    cdef Py_ssize_t per = _workspace_size(&p, B)
+    cdef Py_ssize_t R = (p.C // p.groups) * p.kh * p.kw
+    cdef int nthreads = engine_num_threads()
+    cdef floating* ws
+    cdef floating* mine
+    cdef unsigned int old
+    if items < nthreads:
+        nthreads = <int>items
+    ws = <floating*>malloc(nthreads * per * sizeof(floating) + 1)
+    if ws == NULL:
+        return ENGINE_ENOMEM
+    if items == 1:
+        # One GEMM per group: split its columns across threads instead.
+        old = engine_ftz_enter()
+        _im2col_forward_item(&p, x, w, b, y, 0, p.N, ws, ws + R * B * p.OH * p.OW, True)
+        engine_ftz_exit(old)
+    else:
+        with parallel(num_threads=nthreads):
+            old = engine_ftz_enter()
+            mine = ws + threadid() * per
+            for it in prange(items, schedule='static'):
+                n0 = it * B
+                nb = min(B, p.N - n0)
+                _im2col_forward_item(&p, x, w, b, y, n0, nb, mine,
+                                     mine + R * B * p.OH * p.OW, False)
+            engine_ftz_exit(old)
+    free(ws)
+    return ENGINE_OK
+
+
+cdef int conv2d_im2col_backward_input(Conv2dParams p, const floating* w,
+                                      const floating* dy,
+                                      floating* dx) noexcept nogil:
+    cdef int err = conv2d_check_params(&p)
+    if err:
+        return err
+    cdef Py_ssize_t B = _images_per_item(&p)
+    cdef Py_ssize_t items = ceil_div(p.N, B), it, n0, nb
+    cdef Py_ssize_t per = _workspace_size(&p, B)
+    cdef Py_ssize_t R = (p.C // p.groups) * p.kh * p.kw
+    cdef int nthreads = engine_num_threads()
+    cdef floating* ws
+    cdef floating* mine
+    cdef unsigned int old
+    if items < nthreads:
+        nthreads = <int>items
+    ws = <floating*>malloc(nthreads * per * sizeof(floating) + 1)
+    if ws == NULL:
+        return ENGINE_ENOMEM
+    if items == 1:
+        old = engine_ftz_enter()
+        _im2col_backward_input_item(&p, w, dy, dx, 0, p.N, ws,
+                                    ws + R * B * p.OH * p.OW, True)
+        engine_ftz_exit(old)
+    else:
+        with parallel(num_threads=nthreads):
+            old = engine_ftz_enter()
+            mine = ws + threadid() * per
+            for it in prange(items, schedule='static'):
+                n0 = it * B
+                nb = min(B, p.N - n0)
+                _im2col_backward_input_item(&p, w, dy, dx, n0, nb, mine,
+                                            mine + R * B * p.OH * p.OW, False)
+            engine_ftz_exit(old)
+    free(ws)
+    return ENGINE_OK
+
+
+cdef void _reduce_partials(const floating* parts, Py_ssize_t nparts, Py_ssize_t size,
+                           floating* out, bint accumulate) noexcept nogil:
+    """out (+)= parts[0] + parts[1] + ... in this order (element by element)."""
+    cdef Py_ssize_t c, i
+    cdef const floating* src
+    if not accumulate:
+        memset(out, 0, size * sizeof(floating))
+    for c in range(nparts):
+        src = parts + c * size
+        for i in range(size):
+            out[i] += src[i]
+
+
+cdef int conv2d_im2col_backward_weight(Conv2dParams p, const floating* x,
+                                       const floating* dy, floating* dw,
+                                       floating* db, bint accumulate) noexcept nogil:
+    cdef int err = conv2d_check_params(&p)
+    if err:
+        return err
+    cdef Py_ssize_t B = _images_per_item(&p)
+    cdef Py_ssize_t items = ceil_div(p.N, B), it, n0, nb, c
+    cdef Py_ssize_t per = _workspace_size(&p, B)
+    cdef Py_ssize_t R = (p.C // p.groups) * p.kh * p.kw, P = p.OH * p.OW
+    cdef Py_ssize_t wsize = p.K * R
+    cdef double flops = 2.0 * p.N * p.K * R * P
+    # Chunks of consecutive work items, from the shapes only.
+    cdef Py_ssize_t nchunks = work_chunks(items, flops, _DW_CHUNK_FLOPS, _DW_MAX_CHUNKS)
+    cdef int nthreads = engine_num_threads()
+    cdef floating* ws
+    cdef floating* parts
+    cdef floating* mine
+    cdef unsigned int old
+    if nchunks < nthreads:
+        nthreads = <int>nchunks
+    ws = <floating*>malloc(nthreads * per * sizeof(floating) + 1)
+    parts = <floating*>malloc(nchunks * wsize * sizeof(floating))
+    if ws == NULL or parts == NULL:
+        free(ws)
+        free(parts)
+        return ENGINE_ENOMEM
+    if nchunks == 1:
+        old = engine_ftz_enter()
+        for it in range(items):
+            n0 = it * B
+            _im2col_backward_weight_item(&p, x, dy, parts, it == 0, n0,
+                                         min(B, p.N - n0), ws, ws + R * B * P, True)
+        engine_ftz_exit(old)
+    else:
+        with parallel(num_threads=nthreads):
+            old = engine_ftz_enter()
+            mine = ws + threadid() * per
+            for c in prange(nchunks, schedule='static'):
+                # items [c*items/nchunks, (c+1)*items/nchunks): never empty
+                for it in range(c * items // nchunks, (c + 1) * items // nchunks):
+                    n0 = it * B
+                    nb = min(B, p.N - n0)
+                    _im2col_backward_weight_item(&p, x, dy, parts + c * wsize,
+                                                 it == c * items // nchunks, n0, nb,
+                                                 mine, mine + R * B * P, False)
+            engine_ftz_exit(old)
+    _reduce_partials(parts, nchunks, wsize, dw, accumulate)
+    free(parts)
+    free(ws)
+    if db != NULL:
+        _bias_grad(&p, dy, db, accumulate)
+    return ENGINE_OK
+
+
+# -- direct convolution -------------------------------------------------------
+# Per (image, group) the group's input planes are copied once into a
+# zero-padded buffer whose columns are split by stride phase: padded column
+# s*sw + q is stored at [q][s], so every tap of a row of output pixels reads a
+# contiguous run whatever the stride. The micro-kernels below keep a tile of
+# RB output rows x KB output channels x VL output pixels in vector registers
+# (VL = one 64-byte vector) and run one broadcast-FMA per weight and row,
+# no bounds checks (the buffer has slack rows/columns; results that fall
+# outside the output are computed and dropped).
+
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #define ENGINE_VL_F32 16
+    #define ENGINE_VL_F64 8
+    #if defined(__GNUC__)
+    #define ENGINE_FMA_ATTR __attribute__((optimize("fp-contract=fast")))
+    #define ENGINE_VEC(T, VL) typedef T vec_t __attribute__((vector_size(VL * sizeof(T))));
+    #define ENGINE_VZERO(v) v = (vec_t){0}
+    #define ENGINE_VLOAD(v, p) __builtin_memcpy(&(v), (p), sizeof(vec_t))
+    #define ENGINE_VSTORE(p, v) __builtin_memcpy((p), &(v), sizeof(vec_t))
+    #define ENGINE_VFMA(acc, s, v) acc += (s) * (v)
+    #define ENGINE_VFMAV(acc, a, b) acc += (a) * (b)
+    #define ENGINE_VGET(v, l) ((v)[l])
+    #else  /* plain C: arrays of VL lanes (the compiler may still vectorise) */
+    #define ENGINE_FMA_ATTR
+    #define ENGINE_VEC(T, VL) typedef struct { T e[VL]; } vec_t; enum { vl_ = VL };
+    #define ENGINE_VZERO(v) do { for (int l_ = 0; l_ < vl_; l_++) (v).e[l_] = 0; } while (0)
+    #define ENGINE_VLOAD(v, p) do { for (int l_ = 0; l_ < vl_; l_++) (v).e[l_] = (p)[l_]; } while (0)
+    #define ENGINE_VSTORE(p, v) do { for (int l_ = 0; l_ < vl_; l_++) (p)[l_] = (v).e[l_]; } while (0)
+    #define ENGINE_VFMA(acc, s, v) do { for (int l_ = 0; l_ < vl_; l_++) (acc).e[l_] += (s) * (v).e[l_]; } while (0)
+    #define ENGINE_VFMAV(acc, a, b) do { for (int l_ = 0; l_ < vl_; l_++) (acc).e[l_] += (a).e[l_] * (b).e[l_]; } while (0)
+    #define ENGINE_VGET(v, l) ((v).e[l])
+    #endif
+
+    /* Forward tile: out[r][k][0:VL] = sum over channels c and taps (i, j) of
+       w[(c, i, j)][k] * x[c*chan_step + r*row_step + i*dh_step + tap_off[j] + 0:VL].
+       w is packed [nch][kh][kw][KB]. */
+    #define ENGINE_CONV_FWD_TILE(NAME, T, VL, RB, KB)                            \\
+    ENGINE_FMA_ATTR static void NAME(                                           \\
+        const T* x, ptrdiff_t row_step, ptrdiff_t chan_step, ptrdiff_t nch,     \\
+        ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t dh_step, const ptrdiff_t* tap_off,\\
+        const T* w, T* out)                                                     \\
+    {                                                                           \\
+        ENGINE_VEC(T, VL)                                                       \\
+        vec_t acc[RB][KB];                                                      \\
+        for (int r = 0; r < RB; r++)                                            \\
+            for (int k = 0; k < KB; k++) ENGINE_VZERO(acc[r][k]);               \\
+        for (ptrdiff_t c = 0; c < nch; c++)                                     \\
+            for (ptrdiff_t i = 0; i < kh; i++) {                                \\
+                const T* xr = x + c * chan_step + i * dh_step;                  \\
+                for (ptrdiff_t j = 0; j < kw; j++, w += KB) {                   \\
+                    const T* xs = xr + tap_off[j];                              \\
+                    for (int r = 0; r < RB; r++) {                              \\
+                        vec_t xv;                                               \\
+                        ENGINE_VLOAD(xv, xs + r * row_step);                    \\
+                        for (int k = 0; k < KB; k++) ENGINE_VFMA(acc[r][k], w[k], xv); \\
+                    }                                                           \\
+                }                                                               \\
+            }                                                                   \\
+        for (int r = 0; r < RB; r++)                                            \\
+            for (int k = 0; k < KB; k++) ENGINE_VSTORE(out + (r * KB + k) * VL, acc[r][k]); \\
+    }
+
+    /* Weight-gradient tile: out[k][t] = sum over rows and nvec vectors of
+       dy[k*dy_chan_step + row*dy_row_step + v*VL + 0:VL]
+       * x[row*x_row_step + toff[t] + v*VL + 0:VL], lanes summed in order. */
+    #define ENGINE_CONV_DW_TILE(NAME, T, VL, KB, TB)                             \\
+    ENGINE_FMA_ATTR static void NAME(                                           \\
+        const T* dy, ptrdiff_t dy_chan_step, ptrdiff_t dy_row_step,             \\
+        const T* x, ptrdiff_t x_row_step, const ptrdiff_t* toff,                \\
+        ptrdiff_t rows, ptrdiff_t nvec, T* out)                                 \\
+    {                                                                           \\
+        ENGINE_VEC(T, VL)                                                       \\
+        vec_t acc[KB][TB];                                                      \\
+        for (int k = 0; k < KB; k++)                                            \\
+            for (int t = 0; t < TB; t++) ENGINE_VZERO(acc[k][t]);               \\
+        for (ptrdiff_t r = 0; r < rows; r++) {                                  \\
+            const T* dyr = dy + r * dy_row_step;                                \\
+            const T* xr = x + r * x_row_step;                                   \\
+            for (ptrdiff_t v = 0; v < nvec; v++) {                              \\
+                vec_t d[KB];                                                    \\
+                for (int k = 0; k < KB; k++) ENGINE_VLOAD(d[k], dyr + k * dy_chan_step + v * VL); \\
+                for (int t = 0; t < TB; t++) {                                  \\
+                    vec_t xv;                                                   \\
+                    ENGINE_VLOAD(xv, xr + toff[t] + v * VL);                    \\
+                    for (int k = 0; k < KB; k++) ENGINE_VFMAV(acc[k][t], d[k], xv); \\
+                }                                                               \\
+            }                                                                   \\
+        }                                                                       \\
+        for (int k = 0; k < KB; k++)                                            \\
+            for (int t = 0; t < TB; t++) {                                      \\
+                T s = 0;                                                        \\
+                for (int l = 0; l < VL; l++) s += ENGINE_VGET(acc[k][t], l);    \\
+                out[k * TB + t] = s;                                            \\
+            }                                                                   \\
+    }
+
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r2k4, float, ENGINE_VL_F32, 2, 4)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r4k2, float, ENGINE_VL_F32, 4, 2)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r8k1, float, ENGINE_VL_F32, 8, 1)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r2k4, double, ENGINE_VL_F64, 2, 4)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r4k2, double, ENGINE_VL_F64, 4, 2)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r8k1, double, ENGINE_VL_F64, 8, 1)
+    ENGINE_CONV_DW_TILE(engine_conv_dw_f32_k4t2, float, ENGINE_VL_F32, 4, 2)
+    ENGINE_CONV_DW_TILE(engine_conv_dw_f32_k1t8, float, ENGINE_VL_F32, 1, 8)
+    ENGINE_CONV_DW_TILE(engine_conv_dw_f64_k4t2, double, ENGINE_VL_F64, 4, 2)
+    ENGINE_CONV_DW_TILE(engine_conv_dw_f64_k1t8, double, ENGINE_VL_F64, 1, 8)
+    """
+    void engine_conv_fwd_f32_r2k4(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
+    void engine_conv_fwd_f32_r4k2(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
+    void engine_conv_fwd_f32_r8k1(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
+    void engine_conv_fwd_f64_r2k4(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
+    void engine_conv_fwd_f64_r4k2(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
+    void engine_conv_fwd_f64_r8k1(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
+    void engine_conv_dw_f32_k4t2(const float*, Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, float*) noexcept nogil
+    void engine_conv_dw_f32_k1t8(const float*, Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, float*) noexcept nogil
+    void engine_conv_dw_f64_k4t2(const double*, Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, double*) noexcept nogil
+    void engine_conv_dw_f64_k1t8(const double*, Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, double*) noexcept nogil
+
+
+cdef enum:
+    _TILE_MAX = 8 * 16      # RB * KB * VL elements of the largest tile
+    _MAX_TAPS_ROW = 64      # kw limit of the direct path (else im2col)
+
+
+cdef inline Py_ssize_t _vl(floating* dummy) noexcept nogil:
+    """Output pixels per vector: 16 floats or 8 doubles (64 bytes)."""
+    if floating is float:
+        return 16
+    else:
+        return 8
+
+
+cdef struct DirectGeom:
+    # Layout of one (image, group) padded input buffer and the tiling.
+    Py_ssize_t RB, KB          # forward tile: output rows x output channels
+    Py_ssize_t nkb             # channel blocks per group
+    Py_ssize_t Hp, Wp          # rows / columns the taps reach
+    Py_ssize_t Wq              # columns per stride phase (with slack)
+    Py_ssize_t rowlen          # sw * Wq: elements per padded row
+    Py_ssize_t rows            # padded rows incl. slack for a partial row tile
+    Py_ssize_t chan            # rows * rowlen: elements per channel
+    Py_ssize_t tap_off[_MAX_TAPS_ROW]   # tap j: phase (j*dw) % sw, shift (j*dw) // sw
+
+
+cdef void _direct_geom(const Conv2dParams* p, Py_ssize_t vl, DirectGeom* g) noexcept nogil:
+    cdef Py_ssize_t Kg = p.K // p.groups, j, q
+    if Kg % 4 == 0:
+        g.RB, g.KB = 2, 4
+    elif Kg % 2 == 0:
+        g.RB, g.KB = 4, 2
+    else:
+        g.RB, g.KB = 8, 1
+    g.nkb = Kg // g.KB
+    g.Hp = (p.OH - 1) * p.sh + (p.kh - 1) * p.dh + 1
+    g.Wp = (p.OW - 1) * p.sw + (p.kw - 1) * p.dw + 1
+    g.Wq = p.OW + ((p.kw - 1) * p.dw) // p.sw + vl
+    g.rowlen = p.sw * g.Wq
+    g.rows = g.Hp + (g.RB - 1) * p.sh
+    g.chan = g.rows * g.rowlen
+    for j in range(p.kw):
+        q = (j * p.dw) % p.sw
+        g.tap_off[j] = q * g.Wq + (j * p.dw) // p.sw
+
+
+cdef void _pad_phases(const Conv2dParams* p, const DirectGeom* g,
+                      const floating* x, Py_ssize_t nch, floating* xq) noexcept nogil:
+    """xq[c][r][q][s] = x[c, r - ph, s*sw + q - pw], zero outside x."""
+    cdef Py_ssize_t c, r, q, s, ih, lo, hi, sw = p.sw
+    cdef floating* dst
+    cdef const floating* src
+    for c in range(nch):
+        for r in range(g.rows):
+            ih = r - p.ph
+            for q in range(sw):
+                dst = xq + c * g.chan + r * g.rowlen + q * g.Wq
+                if ih < 0 or ih >= p.H:
+                    memset(dst, 0, g.Wq * sizeof(floating))
+                    continue
+                _valid_range(q - p.pw, sw, p.W, g.Wq, &lo, &hi)
+                for s in range(lo):
+                    dst[s] = 0
+                src = x + (c * p.H + ih) * p.W + lo * sw + q - p.pw
+                if sw == 1:
+                    memcpy(dst + lo, src, (hi - lo) * sizeof(floating))
+                else:
+                    for s in range(hi - lo):
+                        dst[lo + s] = src[s * sw]
+                for s in range(hi, g.Wq):
+                    dst[s] = 0
+
+
+cdef void _pack_weights(const Conv2dParams* p, const DirectGeom* g,
+                        const floating* w, floating* wpk) noexcept nogil:
+    """wpk[grp][kb][c][i][j][KB] = w[grp*Kg + kb*KB + k, c, i, j]."""
+    cdef Py_ssize_t Kg = p.K // p.groups, R = (p.C // p.groups) * p.kh * p.kw
+    cdef Py_ssize_t grp, kb, t, k
+    cdef floating* dst
+    for grp in range(p.groups):
+        for kb in range(g.nkb):
+            dst = wpk + (grp * g.nkb + kb) * R * g.KB
+            for t in range(R):
+                for k in range(g.KB):
+                    dst[t * g.KB + k] = w[(grp * Kg + kb * g.KB + k) * R + t]
+
+
+cdef void _fwd_tile(const DirectGeom* g, const floating* x, Py_ssize_t row_step,
+                    Py_ssize_t nch, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t dh_step,
+                    const floating* w, floating* out) noexcept nogil:
+    if floating is float:
+        if g.KB == 4:
+            engine_conv_fwd_f32_r2k4(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 2:
+            engine_conv_fwd_f32_r4k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        else:
+            engine_conv_fwd_f32_r8k1(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+    else:
+        if g.KB == 4:
+            engine_conv_fwd_f64_r2k4(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 2:
+            engine_conv_fwd_f64_r4k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        else:
+            engine_conv_fwd_f64_r8k1(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+
+
+cdef void _direct_forward_item(const Conv2dParams* p, const DirectGeom* g,
+                               const floating* x, const floating* wpk,
+                               const floating* bias, floating* y,
+                               Py_ssize_t n, Py_ssize_t grp,
+                               floating* xq) noexcept nogil:
+    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
+    cdef Py_ssize_t R = Cg * p.kh * p.kw, vl = _vl(xq)
+    cdef Py_ssize_t kb, oh0, ow0, r, k, t, nr, nt, kk
+    cdef floating tile[_TILE_MAX]
+    cdef floating bk
+    cdef floating* yr
+    cdef const floating* src
+    _pad_phases(p, g, x + (n * p.C + grp * Cg) * p.H * p.W, Cg, xq)
+    for kb in range(g.nkb):
+        oh0 = 0
+        while oh0 < p.OH:
+            nr = min(g.RB, p.OH - oh0)
+            ow0 = 0
+            while ow0 < p.OW:
+                nt = min(vl, p.OW - ow0)
+                _fwd_tile(g, xq + oh0 * p.sh * g.rowlen + ow0, p.sh * g.rowlen,
+                          Cg, p.kh, p.kw, p.dh * g.rowlen,
+                          wpk + (grp * g.nkb + kb) * R * g.KB, tile)
+                for k in range(g.KB):
+                    kk = grp * Kg + kb * g.KB + k
+                    bk = bias[kk] if bias != NULL else 0
+                    for r in range(nr):
+                        yr = y + ((n * p.K + kk) * p.OH + oh0 + r) * p.OW + ow0
+                        src = tile + (r * g.KB + k) * vl
+                        for t in range(nt):
+                            yr[t] = src[t] + bk
+                ow0 += vl
+            oh0 += g.RB
+
+
+cdef int _direct_conv(const Conv2dParams* p, const floating* x, const floating* w,
+                      const floating* b, floating* y) noexcept nogil:
+    """y = direct conv(x, w) + b for already checked parameters."""
+    cdef DirectGeom g
+    cdef Py_ssize_t vl = _vl(y), it
+    cdef Py_ssize_t Cg = p.C // p.groups, R = Cg * p.kh * p.kw
+    cdef Py_ssize_t items = p.N * p.groups, per
+    cdef int nthreads = engine_num_threads()
+    cdef floating* ws
+    cdef floating* wpk
+    cdef unsigned int old
+    if p.kw > _MAX_TAPS_ROW:
+        return ENGINE_EBADARG
+    _direct_geom(p, vl, &g)
+    per = Cg * g.chan
+    if items < nthreads:
+        nthreads = <int>items
+    ws = <floating*>malloc(nthreads * per * sizeof(floating))
+    wpk = <floating*>malloc(p.K * R * sizeof(floating))
+    if ws == NULL or wpk == NULL:
+        free(ws)
+        free(wpk)
+        return ENGINE_ENOMEM
+    _pack_weights(p, &g, w, wpk)
+    with parallel(num_threads=nthreads):
+        old = engine_ftz_enter()
+        for it in prange(items, schedule='static'):
+            _direct_forward_item(p, &g, x, wpk, b, y, it // p.groups, it % p.groups,
+                                 ws + threadid() * per)
+        engine_ftz_exit(old)
+    free(wpk)
+    free(ws)
+    return ENGINE_OK
+
+
+cdef int conv2d_direct_forward(Conv2dParams p, const floating* x,
+                               const floating* w, const floating* b,
+                               floating* y) noexcept nogil:
+    cdef int err = conv2d_check_params(&p)
+    if err:
+        return err
+    return _direct_conv(&p, x, w, b, y)
+
+
+cdef inline Py_ssize_t _padded_rows(const Conv2dParams* p) noexcept nogil:
+    return (p.OH - 1) * p.sh + (p.kh - 1) * p.dh + 1
+
+
+cdef inline Py_ssize_t _padded_cols(const Conv2dParams* p) noexcept nogil:
+    return (p.OW - 1) * p.sw + (p.kw - 1) * p.dw + 1
+
+
+cdef void _pad_planes(const Conv2dParams* p, const floating* x, Py_ssize_t nch,
+                      floating* xp) noexcept nogil:
+    """xp[c, r, s] = x[c, r - ph, s - pw], zero outside x."""
+    cdef Py_ssize_t Hp = _padded_rows(p), Wp = _padded_cols(p)
+    cdef Py_ssize_t c, r, ih, ncopy
+    cdef floating* dst
+    # Columns of x that land inside the padded row.
+    ncopy = Wp - p.pw
+    if ncopy > p.W:
+        ncopy = p.W
+    if ncopy < 0:
+        ncopy = 0
+    for c in range(nch):
+        for r in range(Hp):
+            dst = xp + (c * Hp + r) * Wp
+            ih = r - p.ph
+            if ih < 0 or ih >= p.H or ncopy == 0:
+                memset(dst, 0, Wp * sizeof(floating))
+            else:
+                memset(dst, 0, p.pw * sizeof(floating))
+                memcpy(dst + p.pw, x + (c * p.H + ih) * p.W, ncopy * sizeof(floating))
+                memset(dst + p.pw + ncopy, 0, (Wp - p.pw - ncopy) * sizeof(floating))
+
+
+cdef void _crop_planes(const Conv2dParams* p, const floating* xp, Py_ssize_t nch,
+                       floating* x) noexcept nogil:
+    """x[c, ih, iw] = xp[c, ih + ph, iw + pw] (zero where xp does not reach)."""
+    cdef Py_ssize_t Hp = _padded_rows(p), Wp = _padded_cols(p)
+    cdef Py_ssize_t c, ih, r, ncopy
+    cdef floating* dst
+    ncopy = Wp - p.pw
+    if ncopy > p.W:
+        ncopy = p.W
+    if ncopy < 0:
+        ncopy = 0
+    for c in range(nch):
+        for ih in range(p.H):
+            dst = x + (c * p.H + ih) * p.W
+            r = ih + p.ph
+            if r >= Hp or ncopy == 0:
+                memset(dst, 0, p.W * sizeof(floating))
+            else:
+                memcpy(dst, xp + (c * Hp + r) * Wp + p.pw, ncopy * sizeof(floating))
+                memset(dst + ncopy, 0, (p.W - ncopy) * sizeof(floating))
+
+
+
+cdef void _direct_backward_input_item(const Conv2dParams* p, const floating* w,
+                                      const floating* dy, floating* dx,
+                                      Py_ssize_t n, Py_ssize_t g,
+                                      floating* dxp) noexcept nogil:
+    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
+    cdef Py_ssize_t Hp = _padded_rows(p), Wp = _padded_cols(p), plane = Hp * Wp
+    cdef Py_ssize_t OW = p.OW, sw = p.sw, k, c, i, j, oh, ow, kk
+    cdef const floating* dyr
+    cdef floating* xr
+    cdef floating wv
+    memset(dxp, 0, Cg * plane * sizeof(floating))
+    for c in range(Cg):
+        for k in range(Kg):
+            kk = g * Kg + k
+            for oh in range(p.OH):
+                dyr = dy + ((n * p.K + kk) * p.OH + oh) * OW
+                for i in range(p.kh):
+                    xr = dxp + c * plane + (oh * p.sh + i * p.dh) * Wp
+                    for j in range(p.kw):
+                        wv = w[((kk * Cg + c) * p.kh + i) * p.kw + j]
+                        if sw == 1:
+                            for ow in range(OW):
+                                xr[ow + j * p.dw] += wv * dyr[ow]
+                        else:
+                            for ow in range(OW):
+                                xr[ow * sw + j * p.dw] += wv * dyr[ow]
+    _crop_planes(p, dxp, Cg, dx + (n * p.C + g * Cg) * p.H * p.W)
+
+
+
+
+cdef int conv2d_direct_backward_input(Conv2dParams p, const floating* w,
+                                      const floating* dy,
+                                      floating* dx) noexcept nogil:
+    cdef int err = conv2d_check_params(&p)
+    if err:
+        return err
+    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
+    cdef Py_ssize_t grp, c, k, i, j, it, per
+    cdef Conv2dParams q
+    cdef floating* w2
+    cdef floating* ws
+    cdef int nthreads = engine_num_threads()
+    cdef unsigned int old
+    if (p.sh == 1 and p.sw == 1 and p.ph <= p.dh * (p.kh - 1)
+            and p.pw <= p.dw * (p.kw - 1) and p.kw <= _MAX_TAPS_ROW):
+        # Stride 1: dx is the direct convolution of dy (padded by the kernel
+        # extent minus ph, pw) with the flipped, group-transposed weights.
+        q = p
+        q.C, q.H, q.W, q.K = p.K, p.OH, p.OW, p.C
+        q.ph = p.dh * (p.kh - 1) - p.ph
+        q.pw = p.dw * (p.kw - 1) - p.pw
+        q.OH, q.OW = p.H, p.W
+        w2 = <floating*>malloc(p.C * Kg * p.kh * p.kw * sizeof(floating))
+        if w2 == NULL:
+            return ENGINE_ENOMEM
+        for grp in range(p.groups):
+            for c in range(Cg):
+                for k in range(Kg):
+                    for i in range(p.kh):
+                        for j in range(p.kw):
+                            w2[(((grp * Cg + c) * Kg + k) * p.kh + i) * p.kw + j] = w[
+                                (((grp * Kg + k) * Cg + c) * p.kh + p.kh - 1 - i) * p.kw
+                                + p.kw - 1 - j]
+        err = _direct_conv(&q, dy, w2, <const floating*>NULL, dx)
+        free(w2)
+        return err
+    # Strided: scatter each output row's taps into a padded dx plane.
+    per = Cg * _padded_rows(&p) * _padded_cols(&p)
+    if p.N * p.groups < nthreads:
+        nthreads = <int>(p.N * p.groups)
+    ws = <floating*>malloc(nthreads * per * sizeof(floating))
+    if ws == NULL:
+        return ENGINE_ENOMEM
+    with parallel(num_threads=nthreads):
+        old = engine_ftz_enter()
+        for it in prange(p.N * p.groups, schedule='static'):
+            _direct_backward_input_item(&p, w, dy, dx, it // p.groups,
+                                        it % p.groups, ws + threadid() * per)
+        engine_ftz_exit(old)
+    free(ws)
+    return ENGINE_OK
+
+
+cdef void _dw_tile(Py_ssize_t KB, const floating* dy, Py_ssize_t dy_chan_step,
+                   Py_ssize_t dy_row_step, const floating* x, Py_ssize_t x_row_step,
+                   const Py_ssize_t* toff, Py_ssize_t rows, Py_ssize_t nvec,
+                   floating* out) noexcept nogil:
+    if floating is float:
+        if KB == 4:
+            engine_conv_dw_f32_k4t2(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out)
+        else:
+            engine_conv_dw_f32_k1t8(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out)
+    else:
+        if KB == 4:
+            engine_conv_dw_f64_k4t2(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out)
+        else:
+            engine_conv_dw_f64_k1t8(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out)
+
+
+cdef void _direct_backward_weight_item(const Conv2dParams* p, const DirectGeom* g,
+                                       const floating* x, const floating* dy,
+                                       floating* dw_part, Py_ssize_t n, Py_ssize_t grp,
+                                       floating* xq, floating* dyq) noexcept nogil:
+    """dw_part[k, c, i, j] += sum over pixels of dy[n, k] * shifted x[n, c]."""
+    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
+    cdef Py_ssize_t T = p.kh * p.kw, vl = _vl(xq)
+    cdef Py_ssize_t OWp = ceil_div(p.OW, vl) * vl, plane = p.OH * OWp
+    cdef Py_ssize_t KB = 4 if Kg >= 4 else 1, TB = 2 if Kg >= 4 else 8
+    cdef Py_ssize_t c, k, kb, t, t0, oh, nk, nt, tap
+    cdef Py_ssize_t toff[8]
+    cdef floating out[8]
+    cdef floating* dst
+    _pad_phases(p, g, x + (n * p.C + grp * Cg) * p.H * p.W, Cg, xq)
+    # dy rows padded with zeros to whole vectors, plus KB - 1 zero channels.
+    memset(dyq, 0, (Kg + KB - 1) * plane * sizeof(floating))
+    for k in range(Kg):
+        for oh in range(p.OH):
+            memcpy(dyq + k * plane + oh * OWp,
+                   dy + ((n * p.K + grp * Kg + k) * p.OH + oh) * p.OW,
+                   p.OW * sizeof(floating))
+    for c in range(Cg):
+        kb = 0
+        while kb < Kg:
+            nk = min(KB, Kg - kb)
+            t0 = 0
+            while t0 < T:
+                nt = min(TB, T - t0)
+                for t in range(TB):
+                    tap = t0 + t if t < nt else 0
+                    toff[t] = (tap // p.kw) * p.dh * g.rowlen + g.tap_off[tap % p.kw]
+                _dw_tile(KB, dyq + kb * plane, plane, OWp, xq + c * g.chan,
+                         p.sh * g.rowlen, toff, p.OH, OWp // vl, out)
+                for k in range(nk):
+                    dst = dw_part + ((grp * Kg + kb + k) * Cg + c) * T + t0
+                    for t in range(nt):
+                        dst[t] += out[k * TB + t]
+                t0 += TB
+            kb += KB
+
+
+cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
+                                       const floating* dy, floating* dw,
+                                       floating* db, bint accumulate) noexcept nogil:
+    cdef int err = conv2d_check_params(&p)
+    if err:
+        return err
+    if p.kw > _MAX_TAPS_ROW:
+        return ENGINE_EBADARG
+    cdef DirectGeom g
+    cdef Py_ssize_t vl = _vl(dw)
+    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
+    cdef Py_ssize_t wsize = p.K * Cg * p.kh * p.kw, c, n, grp
+    cdef Py_ssize_t dyq_size = (Kg + 3) * p.OH * ceil_div(p.OW, vl) * vl, per
+    cdef double flops = 2.0 * p.N * wsize * p.OH * p.OW
+    cdef Py_ssize_t nchunks = work_chunks(p.N, flops, _DW_CHUNK_FLOPS, _DW_MAX_CHUNKS)
+    cdef int nthreads = engine_num_threads()
+    cdef floating* ws
+    cdef floating* parts
+    cdef floating* mine
+    cdef unsigned int old
+    _direct_geom(&p, vl, &g)
+    per = Cg * g.chan + dyq_size
+    if nchunks < nthreads:
+        nthreads = <int>nchunks
+    ws = <floating*>malloc(nthreads * per * sizeof(floating))
+    parts = <floating*>malloc(nchunks * wsize * sizeof(floating))
+    if ws == NULL or parts == NULL:
+        free(ws)
+        free(parts)
+        return ENGINE_ENOMEM
+    memset(parts, 0, nchunks * wsize * sizeof(floating))
+    with parallel(num_threads=nthreads):
+        old = engine_ftz_enter()
+        mine = ws + threadid() * per
+        for c in prange(nchunks, schedule='static'):
+            for n in range(c * p.N // nchunks, (c + 1) * p.N // nchunks):
+                for grp in range(p.groups):
+                    _direct_backward_weight_item(&p, &g, x, dy, parts + c * wsize, n, grp,
+                                                 mine, mine + Cg * g.chan)
+        engine_ftz_exit(old)
+    _reduce_partials(parts, nchunks, wsize, dw, accumulate)
+    free(parts)
+    free(ws)
+    if db != NULL:
+        _bias_grad(&p, dy, db, accumulate)
+    return ENGINE_OK
+
+
+# -- dispatch -----------------------------------------------------------------
+
+cdef int conv2d_forward(Conv2dParams p, ConvAlgo algo, const floating* x,
+                        const floating* w, const floating* b,
+                        floating* y) noexcept nogil:
+    if algo == CONV_ALGO_AUTO:
+        algo = conv2d_choose_algo(&p)
+    if algo == CONV_ALGO_DIRECT:
+        return conv2d_direct_forward(p, x, w, b, y)
+    if algo == CONV_ALGO_IM2COL:
+        return conv2d_im2col_forward(p, x, w, b, y)
+    return ENGINE_EBADARG
+
+
+cdef int conv2d_backward(Conv2dParams p, ConvAlgo algo, const floating* x,
+                         const floating* w, const floating* dy,
+                         floating* dx, floating* dw, floating* db,
+                         bint accumulate) noexcept nogil:
+    cdef int err
+    if algo == CONV_ALGO_AUTO:
+        algo = conv2d_choose_algo(&p)
+    if algo == CONV_ALGO_DIRECT:
+        err = conv2d_direct_backward_weight(p, x, dy, dw, db, accumulate)
+        if err == 0 and dx != NULL:
+            err = conv2d_direct_backward_input(p, w, dy, dx)
+        return err
+    if algo == CONV_ALGO_IM2COL:
+        err = conv2d_im2col_backward_weight(p, x, dy, dw, db, accumulate)
+        if err == 0 and dx != NULL:
+            err = conv2d_im2col_backward_input(p, w, dy, dx)
+        return err
+    return ENGINE_EBADARG
+
+
+# -- Python entries -----------------------------------------------------------
+
+_ALGOS = {"auto": CONV_ALGO_AUTO, "im2col": CONV_ALGO_IM2COL, "direct": CONV_ALGO_DIRECT}
+_ALGO_NAMES = {CONV_ALGO_IM2COL: "im2col", CONV_ALGO_DIRECT: "direct"}
+
+
+def _pair(value, name):
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value), int(value)
+    try:
+        a, b = value
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    for v in (a, b):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return int(a), int(b)
+
+
+def _pads(padding):
+    """(top, bottom, left, right) from an int, a pair or a 4-tuple."""
+    if isinstance(padding, (tuple, list)) and len(padding) == 4:
+        pads = tuple(int(v) for v in padding)
+    else:
+        ph, pw = _pair(padding, "padding")
+        pads = (ph, ph, pw, pw)
+    if min(pads) < 0:
+        raise ValueError(f"padding must be >= 0, got {padding!r}")
+    return pads
+
+
+cdef Conv2dParams _make_params(x_shape, w_shape, stride, padding, dilation,
+                               groups) except *:
+    """Validate a convolution's geometry and fill the parameter struct."""
+    cdef Conv2dParams p
+    N, C, H, W = x_shape
+    K, Cg, kh, kw = w_shape
+    sh, sw = _pair(stride, "stride")
+    dh, dw = _pair(dilation, "dilation")
+    top, bottom, left, right = _pads(padding)
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    if sh < 1 or sw < 1:
+        raise ValueError(f"stride must be >= 1, got {stride!r}")
+    if dh < 1 or dw < 1:
+        raise ValueError(f"dilation must be >= 1, got {dilation!r}")
+    if K < 1 or kh < 1 or kw < 1 or Cg < 1:
+        raise ValueError(f"weight must have a non-empty shape (K, C/groups, kh, kw), got {w_shape}")
+    if C != Cg * groups:
+        raise ValueError(f"input has {C} channels but weight {w_shape} with "
+                         f"groups={groups} expects {Cg * groups}")
+    if K % groups:
+        raise ValueError(f"weight's out channels {K} not divisible by groups={groups}")
+    if N < 1 or H < 1 or W < 1:
+        raise ValueError(f"input must be non-empty, got shape {x_shape}")
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    if H + top + bottom < eh or W + left + right < ew:
+        raise ValueError(f"kernel ({kh}, {kw}) with dilation ({dh}, {dw}) is larger than "
+                         f"the padded input ({H + top + bottom}, {W + left + right})")
+    p.N, p.C, p.H, p.W, p.K = N, C, H, W, K
+    p.kh, p.kw, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw = kh, kw, sh, sw, top, left, dh, dw
+    p.groups = groups
+    p.OH = (H + top + bottom - eh) // sh + 1
+    p.OW = (W + left + right - ew) // sw + 1
+    for name, v in (("C/groups*kh*kw", Cg * kh * kw), ("H*W", H * W),
+                    ("OH*OW*256", p.OH * p.OW * _MIN_GEMM_COLS)):
+        check_blas_size(name, v)
+    return p
+
+
+def _algo(algo):
+    if algo not in _ALGOS:
+        raise ValueError(f"algo must be one of 'auto', 'im2col', 'direct', got {algo!r}")
+    return _ALGOS[algo]
+
+
+def _raise(err, what):
+    if err == ENGINE_ENOMEM:
+        raise MemoryError(f"{what}: could not allocate the workspace")
+    if err:
+        raise ValueError(f"{what}: invalid convolution parameters (code {err})")
+
+
+def output_shape(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1):
+    """(N, K, OH, OW) of a convolution; raises ValueError on a bad geometry."""
+    cdef Conv2dParams p = _make_params(tuple(x_shape), tuple(w_shape), stride,
+                                       padding, dilation, groups)
+    return (p.N, p.K, p.OH, p.OW)
+
+
+def choose_algo(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1):
+    """The algorithm 'auto' uses for this layer: 'im2col' or 'direct'."""
+    cdef Conv2dParams p = _make_params(tuple(x_shape), tuple(w_shape), stride,
+                                       padding, dilation, groups)
+    return _ALGO_NAMES[conv2d_choose_algo(&p)]
+
+
+def _check_inputs(x, weight):
+    x = float_array(x, "x", ndim=4)
+    weight = float_array(weight, "weight", ndim=4, dtype=x.dtype)
+    return x, weight
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1,
+                   groups=1, algo="auto", out=None):
+    """y = conv2d(x, weight) + bias (cross-correlation, as torch).
+
+    Args:
+        x: (N, C, H, W) float32/float64; weight: (K, C/groups, kh, kw);
+        bias: (K,) or None. padding: int, (ph, pw) or (top, bottom, left, right).
+        algo: 'auto', 'im2col' or 'direct'.
+    Returns: y (N, K, OH, OW).
+    """
+    x, weight = _check_inputs(x, weight)
+    cdef ConvAlgo a = _algo(algo)
+    cdef Conv2dParams p = _make_params(x.shape, weight.shape, stride, padding,
+                                       dilation, groups)
+    if bias is not None:
+        bias = float_array(bias, "bias", ndim=1, dtype=x.dtype)
+        if bias.shape[0] != p.K:
+            raise ValueError(f"bias must have shape ({p.K},), got {bias.shape}")
+    y = out_array(out, "out", (p.N, p.K, p.OH, p.OW), x.dtype)
+    cdef int err
+    if x.dtype == np.float32:
+        err = _forward[float](p, a, x, weight, bias, y)
+    else:
+        err = _forward[double](p, a, x, weight, bias, y)
+    _raise(err, "conv2d")
+    return y
+
+
+cdef int _forward(Conv2dParams p, ConvAlgo a, floating[:, :, :, ::1] x,
+                  floating[:, :, :, ::1] w, floating[::1] b,
+                  floating[:, :, :, ::1] y):
+    cdef const floating* pb = &b[0] if b is not None else NULL
+    cdef int err
+    with nogil:
+        err = conv2d_forward(p, a, &x[0, 0, 0, 0], &w[0, 0, 0, 0], pb, &y[0, 0, 0, 0])
+    return err
+
+
+def conv2d_grad(x, weight, grad_out, stride=1, padding=0, dilation=1,
+                    groups=1, algo="auto", input_grad=True, bias=True,
+                    grad_weight=None, grad_bias=None):
+    """Gradients of a convolution: (dx, dweight, dbias).
+
+    dx is None when input_grad is False (its GEMM and col2im are skipped);
+    dbias is None when bias is False. When grad_weight / grad_bias arrays are
+    given the gradients are ADDED to them in place (like torch's .grad) and
+    those arrays are returned; otherwise new arrays are returned.
+    """
+    x, weight = _check_inputs(x, weight)
+    grad_out = float_array(grad_out, "grad_out", ndim=4, dtype=x.dtype)
+    cdef ConvAlgo a = _algo(algo)
+    cdef Conv2dParams p = _make_params(x.shape, weight.shape, stride, padding,
+                                       dilation, groups)
+    want = (p.N, p.K, p.OH, p.OW)
+    if grad_out.shape != want:
+        raise ValueError(f"grad_out must have shape {want}, got {grad_out.shape}")
+    cdef bint accumulate = grad_weight is not None
+    if (grad_bias is not None) != accumulate and bias:
+        raise ValueError("pass both grad_weight and grad_bias to accumulate, or neither")
+    dw = out_array(grad_weight, "grad_weight", weight.shape, x.dtype)
+    db = None
+    if bias:
+        db = out_array(grad_bias, "grad_bias", (p.K,), x.dtype)
+    dx = np.empty(x.shape, x.dtype) if input_grad else None
+    cdef int err
+    if x.dtype == np.float32:
+        err = _backward[float](p, a, x, weight, grad_out, dx, dw, db, accumulate)
+    else:
+        err = _backward[double](p, a, x, weight, grad_out, dx, dw, db, accumulate)
+    _raise(err, "conv2d_grad")
+    return dx, dw, db
+
+
+cdef int _backward(Conv2dParams p, ConvAlgo a, floating[:, :, :, ::1] x,
+                   floating[:, :, :, ::1] w, floating[:, :, :, ::1] dy,
+                   floating[:, :, :, ::1] dx, floating[:, :, :, ::1] dw,
+                   floating[::1] db, bint accumulate):
+    cdef floating* pdx = &dx[0, 0, 0, 0] if dx is not None else NULL
+    cdef floating* pdb = &db[0] if db is not None else NULL
+    cdef int err
+    with nogil:
+        err = conv2d_backward(p, a, &x[0, 0, 0, 0], &w[0, 0, 0, 0], &dy[0, 0, 0, 0],
+                              pdx, &dw[0, 0, 0, 0], pdb, accumulate)
+    return err
+
+
+def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
+    """Unfold x (N, C, H, W) into columns (N, C*kh*kw, OH*OW)."""
+    x = float_array(x, "x", ndim=4)
+    kh, kw = _pair(kernel_size, "kernel_size")
+    cdef Conv2dParams p = _make_params(x.shape, (1, x.shape[1], kh, kw), stride,
+                                       padding, dilation, 1)
+    cols = np.empty((p.N, p.C * p.kh * p.kw, p.OH * p.OW), x.dtype)
+    cdef int err
+    if x.dtype == np.float32:
+        err = _im2col[float](p, x, cols)
+    else:
+        err = _im2col[double](p, x, cols)
+    _raise(err, "im2col")
+    return cols
+
+
+cdef int _im2col(Conv2dParams p, floating[:, :, :, ::1] x, floating[:, :, ::1] cols):
+    cdef int err
+    with nogil:
+        err = im2col_batch(p, &x[0, 0, 0, 0], &cols[0, 0, 0])
+    return err
+
+
+def col2im(cols, x_shape, kernel_size, stride=1, padding=0, dilation=1):
+    """Adjoint of im2col: columns (N, C*kh*kw, OH*OW) -> (N, C, H, W)."""
+    cols = float_array(cols, "cols", ndim=3)
+    kh, kw = _pair(kernel_size, "kernel_size")
+    x_shape = tuple(int(v) for v in x_shape)
+    if len(x_shape) != 4:
+        raise ValueError(f"x_shape must have 4 entries, got {x_shape}")
+    cdef Conv2dParams p = _make_params(x_shape, (1, x_shape[1], kh, kw), stride,
+                                       padding, dilation, 1)
+    want = (p.N, p.C * p.kh * p.kw, p.OH * p.OW)
+    if cols.shape != want:
+        raise ValueError(f"cols must have shape {want}, got {cols.shape}")
+    dx = np.empty(x_shape, cols.dtype)
+    cdef int err
+    if cols.dtype == np.float32:
+        err = _col2im[float](p, cols, dx)
+    else:
+        err = _col2im[double](p, cols, dx)
+    _raise(err, "col2im")
+    return dx
+
+
+cdef int _col2im(Conv2dParams p, floating[:, :, ::1] cols, floating[:, :, :, ::1] dx):
+    cdef int err
+    with nogil:
+        err = col2im_batch(p, &cols[0, 0, 0], &dx[0, 0, 0, 0])
+    return err
+
+
+
+def _set_min_gemm_cols(n):
+    """Tuning hook (benchmarks only): images are batched until a GEMM has n columns."""
+    global _MIN_GEMM_COLS
+    _MIN_GEMM_COLS = int(n)

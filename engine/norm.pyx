@@ -1,0 +1,532 @@
+"""Batch normalisation forward (training and eval) and backward.
+
+The input is viewed as (N, C, S): S = 1 for (N, C), L for (N, C, L), H*W for
+(N, C, H, W). Each kernel runs in two phases:
+
+1. Per-channel reductions, in double precision, each channel reduced by one
+   thread in a fixed order (8 interleaved partial sums per row, so the loop
+   vectorises): forward takes the mean, then the sum of squared deviations
+   (two passes: no cancellation); backward takes sum(dy) and
+   sum(dy * (x - mean)) in one pass. OpenMP splits the channels (or, for
+   S == 1, fixed blocks of channels, so that rows are read contiguously).
+2. One elementwise pass with per-channel coefficients precomputed:
+   forward y = (x - mean) * scale + bias, backward
+   dx = a * dy + b * (x - mean) + k. OpenMP splits the rows.
+
+No temporaries proportional to the input; results do not depend on the
+thread count.
+"""
+
+import numpy as np
+from libc.math cimport sqrt
+from libc.stdlib cimport malloc, free
+from cython.parallel cimport prange
+
+from engine._common cimport (ENGINE_OK, ENGINE_EBADARG, ENGINE_ENOMEM,
+                             engine_ftz_enter, engine_ftz_exit, ceil_div)
+from engine._threads cimport engine_num_threads
+from engine._validate import float_array
+
+cdef enum:
+    BLOCK_C = 128   # channels per reduction block when S == 1
+
+
+# ---------------------------------------------------------------- reductions
+cdef inline double _row_sum(const floating* x, Py_ssize_t n) noexcept nogil:
+    """sum(x[:n]) in double with 8 interleaved partial sums (vectorises)."""
+    cdef double acc[8]
+    cdef Py_ssize_t i = 0, j
+    for j in range(8):
+        acc[j] = 0
+    while i + 8 <= n:
+        for j in range(8):
+            acc[j] += x[i + j]
+        i += 8
+    for j in range(n - i):
+        acc[j] += x[i + j]
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+
+
+cdef inline double _row_sqdev(const floating* x, Py_ssize_t n, double mean) noexcept nogil:
+    """sum((x[:n] - mean)**2) in double."""
+    cdef double acc[8]
+    cdef double d
+    cdef Py_ssize_t i = 0, j
+    for j in range(8):
+        acc[j] = 0
+    while i + 8 <= n:
+        for j in range(8):
+            d = x[i + j] - mean
+            acc[j] += d * d
+        i += 8
+    for j in range(n - i):
+        d = x[i + j] - mean
+        acc[j] += d * d
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+
+
+cdef inline void _row_grad_sums(const floating* dy, const floating* x, Py_ssize_t n,
+                                double mean, double* sum_dy,
+                                double* sum_dy_xmu) noexcept nogil:
+    """sum(dy) and sum(dy * (x - mean)) over one row, added to the outputs."""
+    cdef double a[8]
+    cdef double b[8]
+    cdef Py_ssize_t i = 0, j
+    for j in range(8):
+        a[j] = 0
+        b[j] = 0
+    while i + 8 <= n:
+        for j in range(8):
+            a[j] += dy[i + j]
+            b[j] += dy[i + j] * (x[i + j] - mean)
+        i += 8
+    for j in range(n - i):
+        a[j] += dy[i + j]
+        b[j] += dy[i + j] * (x[i + j] - mean)
+    sum_dy[0] += ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
+    sum_dy_xmu[0] += ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]))
+
+
+cdef void _stats_channel(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                         Py_ssize_t c, double* mean, double* sqdev) noexcept nogil:
+    cdef Py_ssize_t n
+    cdef double total = 0, m
+    for n in range(N):
+        total += _row_sum(x + (n * C + c) * S, S)
+    m = total / (N * S)
+    total = 0
+    for n in range(N):
+        total += _row_sqdev(x + (n * C + c) * S, S, m)
+    mean[c] = m
+    sqdev[c] = total
+
+
+cdef void _stats_block(const floating* x, Py_ssize_t N, Py_ssize_t C,
+                       Py_ssize_t c0, Py_ssize_t c1,
+                       double* mean, double* sqdev) noexcept nogil:
+    """S == 1: channels [c0, c1) reduced together, reading rows contiguously."""
+    cdef Py_ssize_t n, c
+    cdef const floating* row
+    cdef double d
+    for c in range(c0, c1):
+        mean[c] = 0
+        sqdev[c] = 0
+    for n in range(N):
+        row = x + n * C
+        for c in range(c0, c1):
+            mean[c] += row[c]
+    for c in range(c0, c1):
+        mean[c] = mean[c] / N
+    for n in range(N):
+        row = x + n * C
+        for c in range(c0, c1):
+            d = row[c] - mean[c]
+            sqdev[c] += d * d
+
+
+cdef void _grad_sums_channel(const floating* dy, const floating* x, const floating* mean,
+                             Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t c,
+                             double* sum_dy, double* sum_dy_xmu) noexcept nogil:
+    cdef Py_ssize_t n
+    cdef double a = 0, b = 0
+    for n in range(N):
+        _row_grad_sums(dy + (n * C + c) * S, x + (n * C + c) * S, S, mean[c], &a, &b)
+    sum_dy[c] = a
+    sum_dy_xmu[c] = b
+
+
+cdef void _grad_sums_block(const floating* dy, const floating* x, const floating* mean,
+                           Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1,
+                           double* sum_dy, double* sum_dy_xmu) noexcept nogil:
+    cdef Py_ssize_t n, c
+    for c in range(c0, c1):
+        sum_dy[c] = 0
+        sum_dy_xmu[c] = 0
+    for n in range(N):
+        for c in range(c0, c1):
+            sum_dy[c] += dy[n * C + c]
+            sum_dy_xmu[c] += dy[n * C + c] * (x[n * C + c] - <double>mean[c])
+
+
+cdef void _reduce_stats(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                        double* mean, double* sqdev) noexcept nogil:
+    cdef Py_ssize_t c, blk
+    cdef unsigned int mode
+    if S == 1:
+        for blk in prange(ceil_div(C, BLOCK_C), nogil=True, schedule='static',
+                          num_threads=engine_num_threads()):
+            mode = engine_ftz_enter()
+            _stats_block(x, N, C, blk * BLOCK_C, min(C, (blk + 1) * BLOCK_C), mean, sqdev)
+            engine_ftz_exit(mode)
+    else:
+        for c in prange(C, nogil=True, schedule='static', num_threads=engine_num_threads()):
+            mode = engine_ftz_enter()
+            _stats_channel(x, N, C, S, c, mean, sqdev)
+            engine_ftz_exit(mode)
+
+
+cdef void _reduce_grad_sums(const floating* dy, const floating* x, const floating* mean,
+                            Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                            double* sum_dy, double* sum_dy_xmu) noexcept nogil:
+    cdef Py_ssize_t c, blk
+    cdef unsigned int mode
+    if S == 1:
+        for blk in prange(ceil_div(C, BLOCK_C), nogil=True, schedule='static',
+                          num_threads=engine_num_threads()):
+            mode = engine_ftz_enter()
+            _grad_sums_block(dy, x, mean, N, C, blk * BLOCK_C, min(C, (blk + 1) * BLOCK_C),
+                             sum_dy, sum_dy_xmu)
+            engine_ftz_exit(mode)
+    else:
+        for c in prange(C, nogil=True, schedule='static', num_threads=engine_num_threads()):
+            mode = engine_ftz_enter()
+            _grad_sums_channel(dy, x, mean, N, C, S, c, sum_dy, sum_dy_xmu)
+            engine_ftz_exit(mode)
+
+
+# ---------------------------------------------------------------- elementwise passes
+cdef inline void _normalize_row(const floating* x, floating* y, Py_ssize_t n,
+                                floating m, floating scale, floating shift) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        y[i] = (x[i] - m) * scale + shift
+
+
+cdef void _normalize(const floating* x, floating* y, const floating* m,
+                     const floating* scale, const floating* shift,
+                     Py_ssize_t N, Py_ssize_t C, Py_ssize_t S) noexcept nogil:
+    """y[n, c, :] = (x[n, c, :] - m[c]) * scale[c] + shift[c]."""
+    cdef Py_ssize_t n, c, r
+    cdef unsigned int mode
+    if S == 1:
+        for n in prange(N, nogil=True, schedule='static', num_threads=engine_num_threads()):
+            mode = engine_ftz_enter()
+            for c in range(C):
+                y[n * C + c] = (x[n * C + c] - m[c]) * scale[c] + shift[c]
+            engine_ftz_exit(mode)
+    else:
+        for r in prange(N * C, nogil=True, schedule='static', num_threads=engine_num_threads()):
+            mode = engine_ftz_enter()
+            c = r % C
+            _normalize_row(x + r * S, y + r * S, S, m[c], scale[c], shift[c])
+            engine_ftz_exit(mode)
+
+
+cdef inline void _grad_row(const floating* dy, const floating* x, floating* dx,
+                           Py_ssize_t n, floating a, floating b, floating m,
+                           floating k) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        dx[i] = a * dy[i] + b * (x[i] - m) + k
+
+
+cdef void _input_grad(const floating* dy, const floating* x, floating* dx,
+                      const floating* a, const floating* b, const floating* m,
+                      const floating* k, Py_ssize_t N, Py_ssize_t C,
+                      Py_ssize_t S) noexcept nogil:
+    """dx[n, c, :] = a[c] * dy + b[c] * (x - m[c]) + k[c]."""
+    cdef Py_ssize_t n, c, r
+    cdef unsigned int mode
+    if S == 1:
+        for n in prange(N, nogil=True, schedule='static', num_threads=engine_num_threads()):
+            mode = engine_ftz_enter()
+            for c in range(C):
+                dx[n * C + c] = a[c] * dy[n * C + c] + b[c] * (x[n * C + c] - m[c]) + k[c]
+            engine_ftz_exit(mode)
+    else:
+        for r in prange(N * C, nogil=True, schedule='static', num_threads=engine_num_threads()):
+            mode = engine_ftz_enter()
+            c = r % C
+            _grad_row(dy + r * S, x + r * S, dx + r * S, S, a[c], b[c], m[c], k[c])
+            engine_ftz_exit(mode)
+
+
+# ---------------------------------------------------------------- C-level entries
+cdef int batchnorm_forward_train(const floating* x, const floating* weight,
+                                 const floating* bias, floating* y,
+                                 floating* save_mean, floating* save_invstd,
+                                 floating* running_mean, floating* running_var,
+                                 Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                                 double eps, double factor) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef double M = <double>N * S
+    cdef double invstd, w
+    cdef double* mean
+    cdef double* sqdev
+    cdef floating* scale
+    cdef floating* shift
+    cdef unsigned int mode
+    if N < 0 or C < 0 or S < 0 or N * S < 2 or not eps > 0:
+        return ENGINE_EBADARG
+    if (running_mean == NULL) != (running_var == NULL):
+        return ENGINE_EBADARG
+    if C == 0:
+        return ENGINE_OK
+    mean = <double*>malloc(2 * C * sizeof(double))
+    scale = <floating*>malloc(2 * C * sizeof(floating))
+    if mean == NULL or scale == NULL:
+        free(mean)
+        free(scale)
+        return ENGINE_ENOMEM
+    sqdev = mean + C
+    shift = scale + C
+    _reduce_stats(x, N, C, S, mean, sqdev)
+    mode = engine_ftz_enter()
+    for c in range(C):
+        invstd = 1.0 / sqrt(sqdev[c] / M + eps)
+        save_mean[c] = <floating>mean[c]
+        save_invstd[c] = <floating>invstd
+        w = weight[c] if weight != NULL else 1.0
+        scale[c] = <floating>(w * invstd)
+        shift[c] = bias[c] if bias != NULL else 0
+        if running_mean != NULL:
+            running_mean[c] = <floating>((1.0 - factor) * running_mean[c] + factor * mean[c])
+            running_var[c] = <floating>((1.0 - factor) * running_var[c]
+                                        + factor * (sqdev[c] / (M - 1)))
+    engine_ftz_exit(mode)
+    _normalize(x, y, save_mean, scale, shift, N, C, S)
+    free(mean)
+    free(scale)
+    return ENGINE_OK
+
+
+cdef int batchnorm_forward_eval(const floating* x, const floating* weight,
+                                const floating* bias, floating* y,
+                                const floating* running_mean,
+                                const floating* running_var,
+                                Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                                double eps) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef double w
+    cdef floating* scale
+    cdef floating* shift
+    if N < 0 or C < 0 or S < 0 or not eps > 0:
+        return ENGINE_EBADARG
+    if running_mean == NULL or running_var == NULL:
+        return ENGINE_EBADARG
+    if C == 0 or N * S == 0:
+        return ENGINE_OK
+    scale = <floating*>malloc(2 * C * sizeof(floating))
+    if scale == NULL:
+        return ENGINE_ENOMEM
+    shift = scale + C
+    for c in range(C):
+        w = weight[c] if weight != NULL else 1.0
+        scale[c] = <floating>(w / sqrt(running_var[c] + eps))
+        shift[c] = bias[c] if bias != NULL else 0
+    _normalize(x, y, running_mean, scale, shift, N, C, S)
+    free(scale)
+    return ENGINE_OK
+
+
+cdef int batchnorm_backward(const floating* grad_y, const floating* x,
+                            const floating* weight, const floating* mean,
+                            const floating* invstd, floating* grad_x,
+                            floating* grad_weight, floating* grad_bias,
+                            Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                            bint batch_stats) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef double M = <double>N * S
+    cdef double w, inv, a
+    cdef double* sum_dy
+    cdef double* sum_dy_xmu
+    cdef floating* coef
+    if N < 0 or C < 0 or S < 0 or (batch_stats and N * S < 1):
+        return ENGINE_EBADARG
+    if C == 0 or N * S == 0:
+        return ENGINE_OK
+    sum_dy = <double*>malloc(2 * C * sizeof(double))
+    coef = <floating*>malloc(3 * C * sizeof(floating))
+    if sum_dy == NULL or coef == NULL:
+        free(sum_dy)
+        free(coef)
+        return ENGINE_ENOMEM
+    sum_dy_xmu = sum_dy + C
+    if grad_weight != NULL or grad_bias != NULL or (grad_x != NULL and batch_stats):
+        _reduce_grad_sums(grad_y, x, mean, N, C, S, sum_dy, sum_dy_xmu)
+        for c in range(C):
+            if grad_weight != NULL:
+                grad_weight[c] += <floating>(sum_dy_xmu[c] * invstd[c])
+            if grad_bias != NULL:
+                grad_bias[c] += <floating>sum_dy[c]
+    if grad_x != NULL:
+        for c in range(C):
+            w = weight[c] if weight != NULL else 1.0
+            inv = invstd[c]
+            a = w * inv
+            coef[c] = <floating>a
+            if batch_stats:
+                # d/dx through the batch mean and variance.
+                coef[C + c] = <floating>(-a * inv * inv * sum_dy_xmu[c] / M)
+                coef[2 * C + c] = <floating>(-a * sum_dy[c] / M)
+            else:
+                coef[C + c] = 0
+                coef[2 * C + c] = 0
+        _input_grad(grad_y, x, grad_x, coef, coef + C, mean, coef + 2 * C, N, C, S)
+    free(sum_dy)
+    free(coef)
+    return ENGINE_OK
+
+
+# ---------------------------------------------------------------- Python entries
+cdef object _channel_vector(v, str name, Py_ssize_t C, dtype, bint writeable):
+    if v is None:
+        return None
+    if not isinstance(v, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array or None, got {type(v).__name__}")
+    if v.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype)} like the input, got {v.dtype}")
+    if v.shape != (C,):
+        raise ValueError(f"{name} must have shape ({C},) (one value per channel), got {v.shape}")
+    if writeable and (not v.flags.c_contiguous or not v.flags.writeable):
+        raise ValueError(f"{name} must be a writeable C-contiguous array (updated in place)")
+    return np.ascontiguousarray(v)
+
+
+cdef tuple _ncs(x):
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = 1, d
+    for d in x.shape[2:]:
+        S *= d
+    return N, C, S
+
+
+cdef floating* _ptr(floating[::1] v) noexcept:
+    return &v[0] if v is not None and v.shape[0] > 0 else NULL
+
+
+cdef int _fwd(floating[::1] x, floating[::1] w, floating[::1] b, floating[::1] y,
+              floating[::1] sm, floating[::1] si, floating[::1] rm, floating[::1] rv,
+              Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, bint training, double eps,
+              double factor) except -1:
+    cdef const floating* px = _ptr(x)
+    cdef const floating* pw = _ptr(w)
+    cdef const floating* pb = _ptr(b)
+    cdef floating* py = _ptr(y)
+    cdef floating* psm = _ptr(sm)
+    cdef floating* psi = _ptr(si)
+    cdef floating* prm = _ptr(rm)
+    cdef floating* prv = _ptr(rv)
+    cdef int code
+    with nogil:
+        if training:
+            code = batchnorm_forward_train(px, pw, pb, py, psm, psi, prm, prv, N, C, S,
+                                           eps, factor)
+        else:
+            code = batchnorm_forward_eval(px, pw, pb, py, prm, prv, N, C, S, eps)
+    if code == ENGINE_ENOMEM:
+        raise MemoryError("batchnorm_forward: workspace allocation failed")
+    if code != ENGINE_OK:
+        raise ValueError(f"batchnorm_forward: invalid arguments (engine error {code})")
+    return 0
+
+
+def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var=None, *,
+                      bint training=True, double momentum=0.1, double eps=1e-5):
+    """Batch normalisation forward over axis 1 of an (N, C, *) array.
+
+    Args:
+        x: (N, C) or (N, C, *) float32/float64 (non-contiguous input is copied).
+        weight, bias: (C,) arrays or None (affine=False: 1 and 0).
+        running_mean, running_var: (C,) arrays updated IN PLACE in training
+            mode (pass both or neither); used to normalise in eval mode.
+        training: True: normalise with the batch statistics (needs more than
+            one value per channel) and update the running ones with factor
+            `momentum` (unbiased variance). False: use the running statistics.
+        eps: added to the variance.
+
+    Returns:
+        (y, save_mean, save_invstd): training mode returns the batch mean and
+        1/sqrt(var + eps) per channel (what backward needs); eval mode returns
+        the running mean and 1/sqrt(running_var + eps).
+    """
+    x = float_array(x, "x")
+    if x.ndim < 2:
+        raise ValueError(f"x must be at least 2-dimensional (N, C, ...), got shape {x.shape}")
+    N, C, S = _ncs(x)
+    weight = _channel_vector(weight, "weight", C, x.dtype, False)
+    bias = _channel_vector(bias, "bias", C, x.dtype, False)
+    running_mean = _channel_vector(running_mean, "running_mean", C, x.dtype, True)
+    running_var = _channel_vector(running_var, "running_var", C, x.dtype, True)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("pass both running_mean and running_var, or neither")
+    if not eps > 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    if training:
+        if N * S < 2:
+            raise ValueError("Expected more than 1 value per channel when training, "
+                             f"got input size {x.shape}")
+    elif running_mean is None:
+        raise ValueError("eval mode needs running_mean and running_var")
+    y = np.empty_like(x)
+    save_mean = np.empty(C, dtype=x.dtype) if training else None
+    save_invstd = np.empty(C, dtype=x.dtype) if training else None
+    flat = [a.reshape(-1) if a is not None else None
+            for a in (x, weight, bias, y, save_mean, save_invstd, running_mean, running_var)]
+    if x.dtype == np.float32:
+        _fwd[float](*flat, N, C, S, training, eps, momentum)
+    else:
+        _fwd[double](*flat, N, C, S, training, eps, momentum)
+    if not training:
+        save_mean = running_mean.copy()
+        save_invstd = (1.0 / np.sqrt(running_var.astype(np.float64) + eps)).astype(x.dtype)
+    return y, save_mean, save_invstd
+
+
+cdef int _bwd(floating[::1] gy, floating[::1] x, floating[::1] w, floating[::1] m,
+              floating[::1] inv, floating[::1] gx, floating[::1] gw, floating[::1] gb,
+              Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, bint batch_stats) except -1:
+    cdef const floating* pgy = _ptr(gy)
+    cdef const floating* px = _ptr(x)
+    cdef const floating* pw = _ptr(w)
+    cdef const floating* pm = _ptr(m)
+    cdef const floating* pinv = _ptr(inv)
+    cdef floating* pgx = _ptr(gx)
+    cdef floating* pgw = _ptr(gw)
+    cdef floating* pgb = _ptr(gb)
+    cdef int code
+    with nogil:
+        code = batchnorm_backward(pgy, px, pw, pm, pinv, pgx, pgw, pgb, N, C, S, batch_stats)
+    if code == ENGINE_ENOMEM:
+        raise MemoryError("batchnorm_backward: workspace allocation failed")
+    if code != ENGINE_OK:
+        raise ValueError(f"batchnorm_backward: invalid arguments (engine error {code})")
+    return 0
+
+
+def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, *, bint training=True,
+                       grad_weight=None, grad_bias=None, bint input_grad=True):
+    """Batch normalisation backward.
+
+    Args:
+        grad_out: dL/dy, the shape of x.
+        x: the forward input.
+        weight: (C,) or None (affine=False).
+        save_mean, save_invstd: what batch_norm_forward returned.
+        training: the forward used batch statistics (the gradient flows
+            through them); False: they were the running constants.
+        grad_weight, grad_bias: (C,) arrays ACCUMULATED into in place, or None.
+        input_grad: compute and return dL/dx (else return None).
+    """
+    x = float_array(x, "x")
+    if x.ndim < 2:
+        raise ValueError(f"x must be at least 2-dimensional (N, C, ...), got shape {x.shape}")
+    grad_out = float_array(grad_out, "grad_out", dtype=x.dtype)
+    if grad_out.shape != x.shape:
+        raise ValueError(f"grad_out must have the input's shape {x.shape}, got {grad_out.shape}")
+    N, C, S = _ncs(x)
+    weight = _channel_vector(weight, "weight", C, x.dtype, False)
+    save_mean = _channel_vector(save_mean, "save_mean", C, x.dtype, False)
+    save_invstd = _channel_vector(save_invstd, "save_invstd", C, x.dtype, False)
+    if save_mean is None or save_invstd is None:
+        raise ValueError("save_mean and save_invstd are required")
+    grad_weight = _channel_vector(grad_weight, "grad_weight", C, x.dtype, True)
+    grad_bias = _channel_vector(grad_bias, "grad_bias", C, x.dtype, True)
+    grad_x = np.empty_like(x) if input_grad else None
+    flat = [a.reshape(-1) if a is not None else None
+            for a in (grad_out, x, weight, save_mean, save_invstd, grad_x, grad_weight,
+                      grad_bias)]
+    if x.dtype == np.float32:
+        _bwd[float](*flat, N, C, S, training)
+    else:
+        _bwd[double](*flat, N, C, S, training)
+    return grad_x

@@ -1,0 +1,328 @@
+import numpy as np
+import pytest
+
+import pyengine as pe
+from engine import conv as kconv
+from pyengine import reference as ref
+
+# (x shape, weight shape (K, C/groups, kh, kw), stride, padding, dilation, groups)
+# A curated sweep: every kernel size / stride / padding / dilation / groups value
+# appears, with odd sizes, batch 1, non-square kernels and a 1x1 output.
+CONFIGS = [
+    ((2, 4, 5, 6), (3, 4, 1, 1), 1, 0, 1, 1),            # pointwise: plain GEMM
+    ((2, 3, 7, 7), (4, 3, 3, 3), 1, 1, 1, 1),
+    ((1, 2, 9, 9), (3, 2, 5, 5), 1, 2, 1, 1),            # batch 1
+    ((2, 2, 15, 13), (3, 2, 7, 7), 2, 3, 1, 1),
+    ((2, 3, 11, 10), (4, 3, 3, 3), 3, 0, 1, 1),
+    ((2, 3, 9, 9), (4, 3, 3, 3), 1, 2, 2, 1),            # dilation 2
+    ((2, 4, 7, 7), (6, 2, 3, 3), 1, 1, 1, 2),            # groups 2
+    ((2, 4, 8, 8), (4, 1, 3, 3), 1, 1, 1, 4),            # depthwise
+    ((2, 3, 7, 9), (6, 1, 3, 3), 2, 1, 1, 3),            # depthwise, multiplier 2
+    ((2, 3, 8, 9), (4, 3, 2, 5), (1, 2), (1, 2), 1, 1),  # non-square kernel
+    ((2, 3, 5, 5), (4, 3, 5, 5), 1, 0, 1, 1),            # 1x1 output
+    ((2, 2, 6, 7), (3, 2, 4, 2), 1, (1, 2, 0, 1), 1, 1),  # asymmetric padding
+    ((40, 3, 5, 5), (4, 3, 3, 3), 1, 0, 1, 1),           # small maps batched per GEMM
+    ((9, 4, 4, 4), (8, 4, 3, 3), 1, 1, 1, 1),            # whole batch in one GEMM
+    ((2, 3, 7, 7), (4, 3, 1, 1), 2, 0, 1, 1),            # 1x1 strided
+    ((2, 2, 4, 4), (3, 2, 3, 3), 1, 2, (2, 1), 1),       # padding > needed
+    ((3, 1, 12, 12), (6, 1, 5, 5), 1, 2, 1, 1),          # first layer, 1 channel
+]
+IDS = [f"x{c[0]}-w{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}".replace(" ", "") for c in CONFIGS]
+ALGOS = ["im2col", "direct"]
+
+
+def _close(got, want, dtype):
+    """Elementwise check, atol scaled by the result's magnitude (sums of many terms)."""
+    t = 1e-5 if np.dtype(dtype) == np.float32 else 1e-11
+    scale = max(1.0, float(np.abs(want).max()))
+    np.testing.assert_allclose(got, want, rtol=t, atol=t * scale)
+
+
+def _data(cfg, dtype, rng):
+    xs, ws, s, p, d, g = cfg
+    x = rng.standard_normal(xs).astype(dtype)
+    w = rng.standard_normal(ws).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype)
+    y = ref.conv2d_forward(x.astype(np.float64), w.astype(np.float64),
+                           b.astype(np.float64), s, p, d, g)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    return x, w, b, dy
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
+def test_kernels_match_reference(cfg, dtype, algo, rng):
+    _, _, s, p, d, g = cfg
+    x, w, b, dy = _data(cfg, dtype, rng)
+    f64 = [a.astype(np.float64) for a in (x, w, b, dy)]
+    want_y = ref.conv2d_forward(f64[0], f64[1], f64[2], s, p, d, g)
+    want_dx, want_dw, want_db = ref.conv2d_backward(f64[0], f64[1], f64[3], s, p, d, g)
+
+    y = kconv.conv2d(x, w, b, s, p, d, g, algo=algo)
+    dx, dw, db = kconv.conv2d_grad(x, w, dy, s, p, d, g, algo=algo)
+    assert y.dtype == dtype and dx.dtype == dtype and dw.dtype == dtype
+    _close(y, want_y, dtype)
+    _close(dx, want_dx, dtype)
+    _close(dw, want_dw, dtype)
+    _close(db, want_db, dtype)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[:12:3] + CONFIGS[12:14], ids=IDS[:12:3] + IDS[12:14])
+def test_algorithms_agree(cfg, rng):
+    _, _, s, p, d, g = cfg
+    x, w, b, dy = _data(cfg, np.float64, rng)
+    outs = [(kconv.conv2d(x, w, b, s, p, d, g, algo=a),)
+            + kconv.conv2d_grad(x, w, dy, s, p, d, g, algo=a) for a in ALGOS]
+    for got, want in zip(outs[0], outs[1]):
+        _close(got, want, np.float64)
+
+
+def test_reference_im2col_matches_direct_definition(rng):
+    # The reference itself against the convolution sum written out.
+    x = rng.standard_normal((1, 2, 5, 6))
+    w = rng.standard_normal((3, 2, 3, 2))
+    y = ref.conv2d_forward(x, w, None, stride=(2, 1), padding=(1, 0), dilation=(1, 2))
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (0, 0)))
+    for k in range(3):
+        for oh in range(y.shape[2]):
+            for ow in range(y.shape[3]):
+                s = sum(w[k, c, i, j] * xp[0, c, oh * 2 + i, ow + 2 * j]
+                        for c in range(2) for i in range(3) for j in range(2))
+                assert abs(y[0, k, oh, ow] - s) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("geom", [((3, 3), 1, 1, 1), ((2, 3), (2, 1), (0, 1), (1, 2)),
+                                  ((5, 5), 3, 2, 1), ((1, 1), 1, 0, 1)])
+def test_im2col_col2im_match_reference(geom, dtype, rng):
+    k, s, p, d = geom
+    x = rng.standard_normal((2, 3, 9, 8)).astype(dtype)
+    cols = kconv.im2col(x, k, s, p, d)
+    np.testing.assert_array_equal(cols, ref.im2col(x, k, s, p, d))
+    c = rng.standard_normal(cols.shape).astype(dtype)
+    _close(kconv.col2im(c, x.shape, k, s, p, d),
+           ref.col2im(c.astype(np.float64), x.shape, k, s, p, d), dtype)
+
+
+# -- the module ---------------------------------------------------------------
+
+@pytest.mark.parametrize("kw", [
+    dict(in_channels=2, out_channels=3, kernel_size=3, padding=1),
+    dict(in_channels=4, out_channels=4, kernel_size=(3, 2), stride=2, groups=2, dilation=(1, 2)),
+    dict(in_channels=3, out_channels=3, kernel_size=3, padding="same", groups=3),
+    dict(in_channels=2, out_channels=2, kernel_size=4, padding="same", bias=False),
+])
+@pytest.mark.parametrize("algo", ALGOS)
+def test_gradcheck_module(kw, algo):
+    pe.manual_seed(0)
+    m = pe.Conv2d(**kw, algo=algo, dtype=np.float64)
+    x = np.random.default_rng(3).standard_normal((2, kw["in_channels"], 5, 6))
+    pe.gradcheck(m, x)
+
+
+def test_module_shapes_init_state_dict():
+    pe.manual_seed(0)
+    m = pe.Conv2d(6, 16, 5)
+    assert m.weight.shape == (16, 6, 5, 5) and m.bias.shape == (16,)
+    assert m.weight.dtype == np.float32
+    assert list(m.state_dict()) == ["weight", "bias"]
+    bound = 1 / np.sqrt(6 * 25)
+    for p in (m.weight.data, m.bias.data):
+        assert np.abs(p).max() <= bound and np.abs(p).max() > 0.8 * bound
+    # Roughly uniform: the std of U(-b, b) is b/sqrt(3).
+    assert abs(m.weight.data.std() - bound / np.sqrt(3)) < 0.1 * bound
+    g = pe.Conv2d(4, 8, 3, groups=2, bias=False)
+    assert g.weight.shape == (8, 2, 3, 3) and g.bias is None
+    assert list(g.state_dict()) == ["weight"]
+    assert "groups=2" in repr(g) and "bias=False" in repr(g)
+
+
+@pytest.mark.parametrize("k,d", [(1, 1), (2, 1), (3, 1), (4, 2), (3, 2)])
+def test_padding_same_keeps_size_and_valid_pads_nothing(k, d, rng):
+    x = rng.standard_normal((2, 2, 7, 8)).astype(np.float32)
+    m = pe.Conv2d(2, 3, k, padding="same", dilation=d)
+    assert m(x).shape == (2, 3, 7, 8)
+    total = d * (k - 1)
+    want = ref.conv2d_forward(x, m.weight.data, m.bias.data,
+                              padding=(total // 2, total - total // 2) * 2, dilation=d)
+    _close(m(x), want, np.float32)
+    v = pe.Conv2d(2, 3, k, padding="valid", dilation=d)
+    assert v(x).shape == (2, 3, 7 - total, 8 - total)
+
+
+def test_backward_accumulates_and_input_grad_false_skips(rng):
+    m = pe.Conv2d(3, 4, 3, padding=1, dtype=np.float64)
+    x = rng.standard_normal((2, 3, 6, 6))
+    dy = rng.standard_normal((2, 4, 6, 6))
+    m(x)
+    dx = m.backward(dy)
+    w1, b1 = m.weight.grad.copy(), m.bias.grad.copy()
+    want_dx, want_dw, want_db = ref.conv2d_backward(x, m.weight.data, dy, padding=1)
+    _close(dx, want_dx, np.float64)
+    _close(w1, want_dw, np.float64)
+    _close(b1, want_db, np.float64)
+    m(x)
+    assert m.backward(dy, input_grad=False) is None
+    _close(m.weight.grad, 2 * want_dw, np.float64)
+    _close(m.bias.grad, 2 * want_db, np.float64)
+    m.zero_grad()
+    assert not m.weight.grad.any()
+
+
+def test_no_grad_keeps_nothing(rng):
+    m = pe.Conv2d(1, 2, 3)
+    x = rng.standard_normal((1, 1, 5, 5)).astype(np.float32)
+    with pe.no_grad():
+        y = m(x)
+    assert y.shape == (1, 2, 3, 3)
+    with pytest.raises(RuntimeError, match="without a forward"):
+        m.backward(np.ones_like(y))
+
+
+def test_non_contiguous_input_is_copied(rng):
+    m = pe.Conv2d(3, 4, 3, padding=1)
+    big = rng.standard_normal((2, 3, 10, 12)).astype(np.float32)
+    x = big[:, :, ::2, 1::2]
+    assert not x.flags.c_contiguous
+    np.testing.assert_array_equal(m(x), m(np.ascontiguousarray(x)))
+    y = kconv.conv2d(x, m.weight.data, None, padding=1)
+    np.testing.assert_array_equal(y, kconv.conv2d(np.ascontiguousarray(x), m.weight.data,
+                                                  None, padding=1))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(in_channels=3, out_channels=4, kernel_size=3, groups=2), "in_channels"),
+    (dict(in_channels=4, out_channels=3, kernel_size=3, groups=2), "out_channels"),
+    (dict(in_channels=2, out_channels=2, kernel_size=3, stride=0), "stride"),
+    (dict(in_channels=2, out_channels=2, kernel_size=3, padding=-1), "padding"),
+    (dict(in_channels=2, out_channels=2, kernel_size=0), "kernel_size"),
+    (dict(in_channels=2, out_channels=2, kernel_size=3, dilation=0), "dilation"),
+    (dict(in_channels=2, out_channels=2, kernel_size=3, padding="full"), "padding"),
+    (dict(in_channels=2, out_channels=2, kernel_size=3, padding="same", stride=2), "stride"),
+    (dict(in_channels=2, out_channels=2, kernel_size=3, padding_mode="reflect"), "padding_mode"),
+    (dict(in_channels=2, out_channels=2, kernel_size=3, algo="winograd"), "algo"),
+    (dict(in_channels=0, out_channels=2, kernel_size=3), "in_channels"),
+])
+def test_invalid_configs_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pe.Conv2d(**kwargs)
+
+
+def test_invalid_inputs_raise(rng):
+    m = pe.Conv2d(2, 3, 5)
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        m(np.zeros((1, 2, 4, 8), np.float32))
+    with pytest.raises(ValueError, match="in_channels=2"):
+        m(np.zeros((1, 3, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        m(np.zeros((2, 8, 8), np.float32))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        m(np.zeros((1, 2, 8, 8), np.float16))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        m(np.zeros((1, 2, 8, 8), np.int64))
+    # The kernel entries check on their own.
+    x = np.zeros((1, 2, 8, 8), np.float32)
+    w = np.zeros((3, 2, 3, 3), np.float32)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        kconv.conv2d(x.astype(np.float16), w)
+    with pytest.raises(TypeError, match="dtype"):
+        kconv.conv2d(x, w.astype(np.float64))
+    with pytest.raises(ValueError, match="channels"):
+        kconv.conv2d(x, w, groups=2)
+    with pytest.raises(ValueError, match="stride"):
+        kconv.conv2d(x, w, stride=0)
+    with pytest.raises(ValueError, match="padding"):
+        kconv.conv2d(x, w, padding=-1)
+    with pytest.raises(ValueError, match="bias"):
+        kconv.conv2d(x, w, np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="algo"):
+        kconv.conv2d(x, w, algo="fft")
+    with pytest.raises(ValueError, match="grad_out"):
+        kconv.conv2d_grad(x, w, np.zeros((1, 3, 5, 5), np.float32))
+
+
+def test_auto_picks_direct_for_depthwise_and_im2col_for_wide():
+    assert kconv.choose_algo((8, 32, 16, 16), (32, 1, 3, 3), padding=1, groups=32) == "direct"
+    assert kconv.choose_algo((64, 1, 28, 28), (6, 1, 5, 5), padding=2) == "direct"
+    assert kconv.choose_algo((32, 64, 32, 32), (64, 64, 3, 3), padding=1) == "im2col"
+    assert kconv.choose_algo((8, 64, 8, 8), (128, 64, 1, 1)) == "im2col"
+
+
+# -- threads ------------------------------------------------------------------
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("shapes", [
+    ((16, 8, 10, 10), (16, 8, 3, 3), 1, 1, 1),     # many dW chunks
+    ((40, 3, 5, 5), (8, 3, 3, 3), 1, 0, 1),        # batched small maps
+    ((1, 8, 20, 20), (16, 8, 3, 3), 1, 1, 1),      # one item: threaded GEMM
+    ((6, 8, 9, 9), (8, 1, 3, 3), 2, 1, 8),         # depthwise
+])
+def test_one_and_two_threads_bitwise_equal(shapes, algo, rng):
+    xs, ws, s, p, g = shapes
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    b = rng.standard_normal(ws[0]).astype(np.float32)
+    dy = None
+    outs = []
+    for t in (1, 2):
+        pe.set_num_threads(t)
+        y = kconv.conv2d(x, w, b, s, p, 1, g, algo=algo)
+        if dy is None:
+            dy = rng.standard_normal(y.shape).astype(np.float32)
+        outs.append((y,) + kconv.conv2d_grad(x, w, dy, s, p, 1, g, algo=algo))
+    for a, b_ in zip(*outs):
+        assert np.array_equal(a, b_)
+
+
+# -- torch --------------------------------------------------------------------
+
+TORCH_CASES = [
+    dict(in_channels=3, out_channels=8, kernel_size=3, padding=1),
+    dict(in_channels=4, out_channels=6, kernel_size=(5, 3), stride=(2, 1), padding=(2, 0),
+         dilation=(1, 2), groups=2),
+    dict(in_channels=6, out_channels=6, kernel_size=3, stride=2, padding=1, groups=6),
+    dict(in_channels=2, out_channels=4, kernel_size=4, padding="same", dilation=2),
+    dict(in_channels=1, out_channels=6, kernel_size=5, padding=2),
+    dict(in_channels=8, out_channels=5, kernel_size=1, bias=False),
+]
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("kw", TORCH_CASES)
+def test_matches_torch_with_copied_weights(kw, algo, rng):
+    torch = pytest.importorskip("torch")
+    tm = torch.nn.Conv2d(**kw).double()
+    m = pe.Conv2d(**kw, algo=algo, dtype=np.float64)
+    m.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
+    x = rng.standard_normal((3, kw["in_channels"], 11, 10))
+    tx = torch.tensor(x, requires_grad=True)
+    ty = tm(tx)
+    y = m(x)
+    _close(y, ty.detach().numpy(), np.float64)
+    dy = rng.standard_normal(y.shape)
+    ty.backward(torch.tensor(dy))
+    dx = m.backward(dy)
+    _close(dx, tx.grad.numpy(), np.float64)
+    _close(m.weight.grad, tm.weight.grad.numpy(), np.float64)
+    if tm.bias is not None:
+        _close(m.bias.grad, tm.bias.grad.numpy(), np.float64)
+
+
+def test_float32_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    tm = torch.nn.Conv2d(16, 32, 3, padding=1)
+    m = pe.Conv2d(16, 32, 3, padding=1)
+    m.load_state_dict(tm.state_dict())
+    x = rng.standard_normal((4, 16, 12, 12)).astype(np.float32)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = tm(tx)
+    y = m(x)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    ty.backward(torch.tensor(dy))
+    dx = m.backward(dy)
+    # float32 sums of 144 (forward), 288 (dx) and 576 (dw) terms.
+    for got, want in ((y, ty), (dx, tx.grad), (m.weight.grad, tm.weight.grad),
+                      (m.bias.grad, tm.bias.grad)):
+        want = want.detach().numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
