@@ -26,3 +26,5 @@ from pyengine.dropout import Dropout
 from pyengine.conv import Conv2d
 from pyengine.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from pyengine.containers import Concat, Residual
+from pyengine.rnn import GRU, LSTM, RNN
+from pyengine.embedding import Embedding
