@@ -420,5 +420,7 @@ def batchnorm2d_case(backend, quick):
 
     return run, lambda: dict(y=state["y"].detach().numpy(), dx=tx.grad.numpy(),
                              dw=bn.weight.grad.numpy(), db=bn.bias.grad.numpy())
+
+
 # Pooling and CNN model cases register themselves on import.
 from pyengine import benchcases_cnn  # noqa: E402,F401
