@@ -9,7 +9,7 @@ from libc.string cimport memcpy
 from engine._common cimport (ENGINE_OK, ENGINE_EBADARG, ENGINE_EINDEX, ceil_div,
                              work_chunks, engine_ftz_enter, engine_ftz_exit)
 from engine._threads cimport engine_num_threads
-from engine._validate import float_array, export_entries
+from engine._validate import float_array, export_entries, check_size
 
 cdef double _MIN_CHUNK_WORK = 65536.0
 cdef Py_ssize_t _MAX_CHUNKS = 16
@@ -95,6 +95,9 @@ def _index_array(indices, name="indices"):
     a = np.asarray(indices)
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer array of token ids, got dtype {a.dtype}")
+    if a.dtype.kind == "u" and a.size and a.max() > np.iinfo(np.int64).max:
+        # would wrap to a negative int64 and be reported as such
+        raise IndexError(f"token id {int(a.max())} in {name} is out of range (above int64)")
     return np.asarray(a, dtype=np.int64, order="C")  # keeps 0-d ids 0-d
 
 
@@ -182,13 +185,19 @@ def _embedding_backward_py(d_out, indices, num_embeddings, padding_idx=None,
         raise ValueError(f"d_out must have shape indices.shape + (embedding_dim,) = "
                          f"{ids.shape} + (D,), got {d_out.shape}")
     V, D = int(num_embeddings), d_out.shape[ids.ndim]
+    if V < 1:
+        raise ValueError(f"num_embeddings must be >= 1. Received: num_embeddings={V}")
     if grad_weight is None:
+        check_size((V, D), d_out.dtype, "grad_weight")
         grad_weight = np.zeros((V, D), d_out.dtype)
     elif (not isinstance(grad_weight, np.ndarray) or grad_weight.shape != (V, D)
           or grad_weight.dtype != d_out.dtype or not grad_weight.flags.c_contiguous
           or not grad_weight.flags.writeable):
         raise ValueError(f"grad_weight must be a writeable C-contiguous {d_out.dtype} "
                          f"array of shape {(V, D)}")
+    if padding_idx is not None and not 0 <= int(padding_idx) < V:
+        raise ValueError(f"padding_idx must be in [0, num_embeddings={V}) or None. "
+                         f"Received: padding_idx={padding_idx}")
     pad = -1 if padding_idx is None else int(padding_idx)
     flat = ids.reshape(-1)
     d2 = d_out.reshape(flat.shape[0], D)

@@ -15,7 +15,7 @@ from libc.string cimport memset
 from engine._common cimport (ENGINE_OK, ENGINE_EBADARG, ENGINE_EINDEX,
                              engine_ftz_enter, engine_ftz_exit, ceil_div)
 from engine._threads cimport engine_num_threads
-from engine._validate import float_array
+from engine._validate import float_array, empty
 
 
 # Below this many element visits a call runs on the calling thread: waking the
@@ -535,7 +535,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1,
     x = float_array(x, "x", ndim=4)
     kernel, stride, padding, dilation, out_hw = pool_params(
         x.shape, kernel_size, stride, padding, dilation, ceil_mode)
-    y = np.empty(x.shape[:2] + out_hw, dtype=x.dtype)
+    y = empty(x.shape[:2] + out_hw, x.dtype, "output")
     ind = np.empty(y.shape, dtype=np.int64)
     cdef pool2d_params p = _make_params(x.shape, kernel, stride, padding, dilation,
                                         out_hw, ceil_mode, True, 0)
@@ -576,9 +576,10 @@ def max_pool2d_grad(grad_out, indices, input_shape):
     if indices.shape != grad_out.shape:
         raise ValueError(f"indices shape {indices.shape} must equal grad_out shape "
                          f"{grad_out.shape}")
-    indices = np.ascontiguousarray(indices)
+    if not indices.flags.c_contiguous or not indices.flags.writeable:
+        indices = np.array(indices, order="C")   # the int64 memoryview needs a writeable buffer
     shape = _input_shape(input_shape, grad_out)
-    grad_x = np.empty(shape, dtype=grad_out.dtype)
+    grad_x = empty(shape, grad_out.dtype, "input_shape")
     if grad_x.size == 0:
         return grad_x
     cdef pool2d_params p = _make_params(shape, (1, 1), (1, 1), (0, 0), (1, 1),
@@ -637,7 +638,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
         divisor_override)
     cdef pool2d_params p = _make_params(x.shape, kernel, stride, padding, (1, 1), out_hw,
                                         ceil_mode, count_include_pad, divisor)
-    y = np.empty(x.shape[:2] + out_hw, dtype=x.dtype)
+    y = empty(x.shape[:2] + out_hw, x.dtype, "output")
     cdef int err
     if y.size == 0:
         return y
@@ -677,7 +678,7 @@ def avg_pool2d_grad(grad_out, input_shape, kernel_size, stride=None, padding=0,
     if grad_out.shape[2:] != out_hw:
         raise ValueError(f"grad_out spatial size {grad_out.shape[2:]} does not match the "
                          f"pooled size {out_hw} of input_shape {shape}")
-    grad_x = np.empty(shape, dtype=grad_out.dtype)
+    grad_x = empty(shape, grad_out.dtype, "input_shape")
     cdef int err
     if grad_x.size == 0:
         return grad_x
@@ -714,7 +715,7 @@ def adaptive_avg_pool2d(x, output_size):
     N, C, H, W = x.shape
     if H < 1 or W < 1:
         raise ValueError(f"x spatial size must be positive, got shape {x.shape}")
-    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    y = empty((N, C, OH, OW), x.dtype, "output_size")
     cdef int err
     if y.size == 0:
         return y
@@ -747,7 +748,7 @@ def adaptive_avg_pool2d_grad(grad_out, input_shape):
     """
     grad_out = float_array(grad_out, "grad_out", ndim=4)
     shape = _input_shape(input_shape, grad_out)
-    grad_x = np.empty(shape, dtype=grad_out.dtype)
+    grad_x = empty(shape, grad_out.dtype, "input_shape")
     cdef int err
     if grad_x.size == 0 or grad_out.size == 0:
         grad_x[...] = 0

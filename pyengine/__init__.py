@@ -20,8 +20,6 @@ from pyengine.conv import Conv2d
 from pyengine.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from pyengine.norm import BatchNorm1d, BatchNorm2d
 from pyengine.dropout import Dropout
-from pyengine.conv import Conv2d
-from pyengine.anomaly import AnomalyError, detect_anomaly, is_anomaly_enabled
 from pyengine.rnn import GRU, LSTM, RNN
 from pyengine.embedding import Embedding
 from pyengine.containers import Concat, Residual
@@ -31,3 +29,5 @@ from pyengine.optim import clip_grad_norm_, clip_grad_value_
 from pyengine.data import DataLoader, Subset, TensorDataset, random_split, train_val_split
 from pyengine.training import Checkpoint, EarlyStopping, History, evaluate, fit, predict
 from pyengine.io import load, save
+# Debugging
+from pyengine.anomaly import AnomalyError, detect_anomaly, is_anomaly_enabled
