@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import pyengine as pe
-from engine import activation, blas, conv, dense, dropout, loss, norm, optim
+from engine import activation, blas, conv, dense, dropout, embedding, loss, norm, optim, pool, rnn
 
 f32, f64 = np.float32, np.float64
 
@@ -196,10 +196,10 @@ CASES = [
      ValueError, r"key must be in \[0, 2\*\*64\), got -1"),
     ("dropout key float", lambda: dropout.dropout(a(4), 0.5, 1.0),
      TypeError, r"key must be an int, got float"),
-    ("batchnorm eps 0", lambda: norm.batch_norm_forward(a(4, 3), eps=0.0),
-     ValueError, r"eps must be positive, got 0"),
+    ("batchnorm eps negative", lambda: norm.batch_norm_forward(a(4, 3), eps=-1.0),
+     ValueError, r"eps must be non-negative, got -1.0"),
     ("batchnorm eps nan", lambda: norm.batch_norm_forward(a(4, 3), eps=float("nan")),
-     ValueError, r"eps must be positive, got nan"),
+     ValueError, r"eps must be non-negative, got nan"),
     ("batchnorm one value", lambda: norm.batch_norm_forward(a(1, 3)),
      ValueError, r"Expected more than 1 value per channel when training"),
     ("batchnorm eval without stats", lambda: norm.batch_norm_forward(a(4, 3), training=False),
@@ -254,6 +254,114 @@ CASES = [
      ValueError, r"(shape|negative)"),
     ("col2im huge x_shape", lambda: conv.col2im(a(1, 1, 1), (2**62, 2**62, 1, 1), 1),
      (ValueError, MemoryError), r"(cols|allocate|exceeds|size)"),
+
+    # ---- pooling ----------------------------------------------------------------
+    ("maxpool x int", lambda: pool.max_pool2d(X4.astype(np.int32), 2),
+     TypeError, r"x must be float32 or float64, got dtype int32"),
+    ("maxpool x 3-d", lambda: pool.max_pool2d(a(3, 6, 6), 2),
+     ValueError, r"x must be 4-dimensional, got shape \(3, 6, 6\)"),
+    ("maxpool kernel 0", lambda: pool.max_pool2d(X4, 0),
+     ValueError, r"kernel_size must be >= 1. Received: kernel_size=0"),
+    ("maxpool stride 0", lambda: pool.max_pool2d(X4, 2, stride=0),
+     ValueError, r"stride must be >= 1. Received: stride=0"),
+    ("maxpool padding negative", lambda: pool.max_pool2d(X4, 2, padding=-1),
+     ValueError, r"padding must be >= 0. Received: padding=-1"),
+    ("maxpool padding > kernel/2", lambda: pool.max_pool2d(X4, 2, padding=2),
+     ValueError, r"padding must be at most half of kernel_size"),
+    ("maxpool kernel > input", lambda: pool.max_pool2d(X4, 7),
+     ValueError, r"kernel_size \(7, 7\) .* is larger than the padded input 6x6"),
+    ("maxpool dilation 0", lambda: pool.max_pool2d(X4, 2, dilation=0),
+     ValueError, r"dilation must be >= 1"),
+    ("maxpool stride float", lambda: pool.max_pool2d(X4, 2, stride=1.5),
+     TypeError, r"stride must be an int or a pair of ints"),
+    ("maxpool_grad indices dtype", lambda: pool.max_pool2d_grad(
+        a(2, 3, 3, 3), np.zeros((2, 3, 3, 3), np.int32), X4.shape),
+     TypeError, r"indices must be an int64 array, got int32"),
+    ("maxpool_grad indices out of plane", lambda: pool.max_pool2d_grad(
+        a(2, 3, 3, 3), np.full((2, 3, 3, 3), 36, np.int64), X4.shape),
+     ValueError, r"max_pool2d_grad: an index is outside its plane"),
+    ("maxpool_grad indices negative", lambda: pool.max_pool2d_grad(
+        a(2, 3, 3, 3), np.full((2, 3, 3, 3), -2, np.int64), X4.shape),
+     ValueError, r"an index is outside its plane"),
+    ("maxpool_grad indices shape", lambda: pool.max_pool2d_grad(
+        a(2, 3, 3, 3), np.zeros((2, 3, 3, 2), np.int64), X4.shape),
+     ValueError, r"indices shape \(2, 3, 3, 2\) must equal grad_out shape"),
+    ("maxpool_grad input_shape", lambda: pool.max_pool2d_grad(
+        a(2, 3, 3, 3), np.zeros((2, 3, 3, 3), np.int64), (2, 4, 6, 6)),
+     ValueError, r"do not match input_shape \(2, 4, 6, 6\)"),
+    ("maxpool_grad huge input_shape", lambda: pool.max_pool2d_grad(
+        a(2, 3, 3, 3), np.zeros((2, 3, 3, 3), np.int64), (2, 3, 2**40, 2**40)),
+     ValueError, r"input_shape of shape .* overflows Py_ssize_t"),
+    ("avgpool divisor_override 0", lambda: pool.avg_pool2d(X4, 2, divisor_override=0),
+     ValueError, r"divisor_override must be >= 1"),
+    ("avgpool_grad grad_out", lambda: pool.avg_pool2d_grad(a(2, 3, 4, 4), X4.shape, 2),
+     ValueError, r"grad_out spatial size \(4, 4\) does not match the pooled size \(3, 3\)"),
+    ("adaptive output_size 0", lambda: pool.adaptive_avg_pool2d(X4, 0),
+     ValueError, r"output_size must be >= 1. Received: output_size=0"),
+    ("adaptive output_size huge", lambda: pool.adaptive_avg_pool2d(X4, 2**40),
+     ValueError, r"output_size of shape .* overflows Py_ssize_t"),
+    ("adaptive_grad huge input_shape", lambda: pool.adaptive_avg_pool2d_grad(
+        a(2, 3, 3, 3), (2, 3, 2**40, 2**40)),
+     ValueError, r"input_shape of shape .* overflows Py_ssize_t"),
+
+    # ---- recurrent ---------------------------------------------------------------
+    ("rnn mode", lambda: rnn.rnn_forward("XYZ", a(3, 2, 4), a(4, 4), a(4, 4)),
+     ValueError, r"mode must be one of .*, got 'XYZ'"),
+    ("rnn x 2-d", lambda: rnn.rnn_forward("RNN_TANH", a(2, 4), a(4, 4), a(4, 4)),
+     ValueError, r"x must be 3-dimensional, got shape \(2, 4\)"),
+    ("rnn x int", lambda: rnn.rnn_forward("RNN_TANH", np.ones((3, 2, 4), np.int64), a(4, 4),
+                                          a(4, 4)),
+     TypeError, r"x must be float32 or float64, got dtype int64"),
+    ("rnn empty sequence", lambda: rnn.rnn_forward("RNN_TANH", a(0, 2, 4), a(4, 4), a(4, 4)),
+     ValueError, r"x must have non-empty \(seq_len, batch, input_size\), got \(0, 2, 4\)"),
+    ("rnn w_hh gates", lambda: rnn.rnn_forward("LSTM", a(3, 2, 4), a(16, 4), a(12, 4)),
+     ValueError, r"w_hh must have shape \(4\*hidden_size, hidden_size\) for LSTM"),
+    ("rnn w_ih", lambda: rnn.rnn_forward("LSTM", a(3, 2, 4), a(16, 5), a(16, 4)),
+     ValueError, r"w_ih must have shape \(16, 4\)"),
+    ("rnn h0", lambda: rnn.rnn_forward("GRU", a(3, 2, 4), a(12, 4), a(12, 4), h0=a(3, 4)),
+     ValueError, r"h0 must have shape \(2, 4\)"),
+    ("rnn bias", lambda: rnn.rnn_forward("GRU", a(3, 2, 4), a(12, 4), a(12, 4), b_ih=a(11)),
+     ValueError, r"b_ih must have shape \(12,\), got \(11,\)"),
+    ("rnn mixed dtype", lambda: rnn.rnn_forward("GRU", a(3, 2, 4), a(12, 4, dtype=f64),
+                                                a(12, 4)),
+     TypeError, r"w_ih must have dtype float32"),
+    ("rnn out_offset negative", lambda: rnn.rnn_forward("RNN_TANH", a(3, 2, 4), a(4, 4), a(4, 4),
+                                                        out=a(3, 2, 8), out_offset=-1),
+     ValueError, r"out must have shape .* at offset -1"),
+    ("rnn out_offset past end", lambda: rnn.rnn_forward("RNN_TANH", a(3, 2, 4), a(4, 4),
+                                                        a(4, 4), out=a(3, 2, 8), out_offset=5),
+     ValueError, r"out must have shape \(3, 2, >= 9\)"),
+    ("rnn workspace too small", lambda: rnn.rnn_forward("LSTM", a(3, 2, 4), a(16, 4), a(16, 4),
+                                                        workspace=a(3)),
+     ValueError, r"workspace must be a writeable 1-D float32 array of at least"),
+    ("rnn_backward d_out", lambda: rnn.rnn_backward("RNN_TANH", a(3, 2, 4), a(4, 4), a(4, 4),
+                                                    a(3, 2, 4), a(2, 4), None, a(1000),
+                                                    a(3, 2, 5)),
+     ValueError, r"d_out must have the shape of out \(3, 2, 4\), got \(3, 2, 5\)"),
+
+    # ---- embedding ----------------------------------------------------------------
+    ("embedding float ids", lambda: embedding.embedding_forward(a(5, 3), np.array([0.0, 1.0])),
+     TypeError, r"indices must be an integer array of token ids, got dtype float64"),
+    ("embedding id too big", lambda: embedding.embedding_forward(a(5, 3), np.array([0, 5])),
+     IndexError, r"token id 5 at flat position 1 is out of range .* 5 rows"),
+    ("embedding id negative", lambda: embedding.embedding_forward(a(5, 3), np.array([-1])),
+     IndexError, r"token id -1 at flat position 0 is out of range"),
+    ("embedding uint64 id", lambda: embedding.embedding_forward(
+        a(5, 3), np.array([2**64 - 1], np.uint64)),
+     IndexError, r"token id 18446744073709551615 in indices is out of range"),
+    ("embedding weight 1-d", lambda: embedding.embedding_forward(a(5), np.array([0])),
+     ValueError, r"weight must be 2-dimensional"),
+    ("embedding backward id", lambda: embedding.embedding_backward(a(2, 3), np.array([0, 7]), 5),
+     IndexError, r"token id 7 at flat position 1"),
+    ("embedding backward num_embeddings 0", lambda: embedding.embedding_backward(
+        a(2, 3), np.array([0, 1]), 0),
+     ValueError, r"num_embeddings must be >= 1"),
+    ("embedding backward huge", lambda: embedding.embedding_backward(
+        a(2, 3), np.array([0, 1]), 2**62),
+     ValueError, r"grad_weight of shape .* overflows Py_ssize_t"),
+    ("embedding backward padding_idx", lambda: embedding.embedding_backward(
+        a(2, 3), np.array([0, 1]), 5, padding_idx=9),
+     ValueError, r"padding_idx must be in \[0, num_embeddings=5\) or None"),
 ]
 
 
@@ -377,8 +485,8 @@ MODULE_CASES = [
      ValueError, r"expected 4D input \(got 2D input\)"),
     ("BatchNorm1d channels", lambda: pe.BatchNorm1d(3)(a(4, 5)),
      ValueError, r"expected 3 channels"),
-    ("BatchNorm eps", lambda: pe.BatchNorm1d(3, eps=0),
-     ValueError, r"eps must be positive"),
+    ("BatchNorm eps", lambda: pe.BatchNorm1d(3, eps=-1),
+     ValueError, r"eps must be non-negative. Received: eps=-1"),
     ("BatchNorm momentum", lambda: pe.BatchNorm1d(3, momentum=2.0),
      ValueError, r"momentum must be in \[0, 1\]"),
     ("Dropout p", lambda: pe.Dropout(1.5),
@@ -393,11 +501,43 @@ MODULE_CASES = [
      ValueError, r"(shape|size)"),
     ("Softmax 3-d wrong dim", lambda: pe.Softmax(dim=5)(a(2, 3)),
      (ValueError, IndexError), r"dim"),
+    ("MaxPool2d 2-d input", lambda: pe.MaxPool2d(2)(a(6, 6)),
+     ValueError, r"expected a 3-D \(C, H, W\) or 4-D \(N, C, H, W\) input"),
+    ("AdaptiveAvgPool2d 0", lambda: pe.AdaptiveAvgPool2d(0)(X4),
+     ValueError, r"output_size must be >= 1"),
+    ("LSTM hidden_size 0", lambda: pe.LSTM(3, 0),
+     ValueError, r"hidden_size must be an integer >= 1"),
+    ("LSTM dropout", lambda: pe.LSTM(3, 4, dropout=1.5),
+     ValueError, r"dropout must be a number in \[0, 1\]"),
+    ("LSTM input_size", lambda: pe.LSTM(3, 4)(a(5, 2, 4)),
+     ValueError, r"input.size\(-1\) must be equal to input_size. Expected 3, got 4"),
+    ("LSTM int input", lambda: pe.LSTM(3, 4)(np.ones((5, 2, 3), np.int64)),
+     TypeError, r"input must be a float array, got dtype int64"),
+    ("LSTM h_0 shape", lambda: pe.LSTM(3, 4)(a(5, 2, 3), (a(1, 2, 5), a(1, 2, 4))),
+     ValueError, r"expected h_0 of shape \(1, 2, 4\)"),
+    ("LSTM hx not a tuple", lambda: pe.LSTM(3, 4)(a(5, 2, 3), a(1, 2, 4)),
+     TypeError, r"hx must be a tuple \(h_0, c_0\)"),
+    ("GRU empty sequence", lambda: pe.GRU(3, 4)(a(0, 2, 3)),
+     ValueError, r"expected a non-empty sequence and batch"),
+    ("RNN nonlinearity", lambda: pe.RNN(3, 4, nonlinearity="sigmoid"),
+     ValueError, r"Unknown nonlinearity 'sigmoid'"),
+    ("LSTM backward shape", lambda: _lstm_backward_bad(),
+     ValueError, r"grad_out must have the output's shape \(5, 2, 4\), got \(5, 2, 5\)"),
+    ("Embedding id", lambda: pe.Embedding(5, 3)(np.array([5])),
+     IndexError, r"token id 5 .* out of range"),
+    ("Embedding padding_idx", lambda: pe.Embedding(5, 3, padding_idx=7),
+     ValueError, r"padding_idx must be within num_embeddings"),
     ("backward without forward", lambda: pe.Linear(3, 4).backward(a(2, 4)),
      RuntimeError, r"backward\(\) called without a forward pass"),
     ("backward after no_grad", lambda: _backward_after_no_grad(),
      RuntimeError, r"without a forward pass that kept its inputs"),
 ]
+
+
+def _lstm_backward_bad():
+    m = pe.LSTM(3, 4)
+    m(a(5, 2, 3))
+    m.backward(a(5, 2, 5))
 
 
 def _backward_after_no_grad():
