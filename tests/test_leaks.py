@@ -29,6 +29,10 @@ def rss_mb():
 
 
 def _measure(step):
+    # One engine thread: on a loaded CI box waking the OpenMP team for these
+    # tiny shapes costs more than the work (2,000 steps must stay ~20 s);
+    # concurrency is covered by test_thread_safety / test_determinism.
+    pe.set_num_threads(1)
     for _ in range(WARMUP):
         step()
     gc.collect()
