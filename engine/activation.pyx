@@ -235,7 +235,7 @@ cdef void _backward_chunk(int op, const floating* a, const floating* dy,
     cdef floating v, z, t, e, r, s, sc, cdf, pdf, x2
     if op == OP_RELU:
         for i in range(n):
-            dx[i] = dy[i] if a[i] > 0 else 0
+            dx[i] = 0 if a[i] <= 0 else dy[i]   # NaN input passes the gradient (torch)
     elif op == OP_LEAKY_RELU:
         for i in range(n):
             dx[i] = dy[i] if a[i] > 0 else dy[i] * p0

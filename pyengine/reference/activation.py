@@ -23,11 +23,12 @@ _erfc = np.vectorize(math.erfc, otypes=[np.float64])
 
 
 def relu_forward(x):
-    return np.where(x > 0, x, 0).astype(x.dtype)
+    # written as "0 where x <= 0" so that a NaN stays NaN (torch, IEEE max)
+    return np.where(x <= 0, 0, x).astype(x.dtype)
 
 
 def relu_backward(x, dy):
-    return np.where(x > 0, dy, 0).astype(x.dtype)
+    return np.where(x <= 0, 0, dy).astype(x.dtype)
 
 
 def leaky_relu_forward(x, negative_slope=0.01):
