@@ -35,7 +35,7 @@ seeds = st.integers(0, 2**32 - 1)
 
 # ---- dense ------------------------------------------------------------------------
 
-@settings(max_examples=60, **SETTINGS)
+@settings(max_examples=150, **SETTINGS)
 @given(N=st.integers(1, 9), IN=st.integers(1, 17), OUT=st.integers(1, 13),
        bias=st.booleans(), dtype=dtypes, seed=seeds)
 def test_dense_matches_reference(N, IN, OUT, bias, dtype, seed):
@@ -50,7 +50,7 @@ def test_dense_matches_reference(N, IN, OUT, bias, dtype, seed):
         np.testing.assert_allclose(got, want, **_tol(dtype, max(N, OUT)))
 
 
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=60, **SETTINGS)
 @given(N=st.integers(0, 4), IN=st.integers(1, 6), OUT=st.integers(1, 6),
        bad=st.sampled_from(["features", "bias", "grad", "rank", "dtype", "mixed"]))
 def test_dense_rejects_invalid(N, IN, OUT, bad):
@@ -90,7 +90,7 @@ def conv_geometry(draw):
                 stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), groups=groups)
 
 
-@settings(max_examples=90, **SETTINGS)
+@settings(max_examples=250, **SETTINGS)
 @given(g=conv_geometry(), algo=st.sampled_from(["im2col", "direct"]), dtype=dtypes,
        bias=st.booleans(), seed=seeds)
 def test_conv_matches_reference(g, algo, dtype, bias, seed):
@@ -112,7 +112,7 @@ def test_conv_matches_reference(g, algo, dtype, bias, seed):
         np.testing.assert_allclose(db, rdb, **_tol(dtype, y.size))
 
 
-@settings(max_examples=60, **SETTINGS)
+@settings(max_examples=100, **SETTINGS)
 @given(g=conv_geometry(), algo=st.sampled_from(["im2col", "direct", "auto"]),
        bad=st.sampled_from(["stride", "padding", "dilation", "groups", "channels",
                             "kernel", "empty", "grad", "bias", "algo", "dtype"]),
@@ -156,7 +156,7 @@ def test_conv_rejects_invalid(g, algo, bad, value):
 
 # ---- batch norm ---------------------------------------------------------------------
 
-@settings(max_examples=60, **SETTINGS)
+@settings(max_examples=150, **SETTINGS)
 @given(N=st.integers(1, 5), C=st.integers(1, 5), spatial=st.lists(st.integers(1, 4),
        max_size=2), affine=st.booleans(), training=st.booleans(), dtype=dtypes, seed=seeds)
 def test_batchnorm_matches_reference(N, C, spatial, affine, training, dtype, seed):
@@ -185,7 +185,7 @@ def test_batchnorm_matches_reference(N, C, spatial, affine, training, dtype, see
     np.testing.assert_allclose(gb, rgb, **_tol(dtype, 100))
 
 
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=60, **SETTINGS)
 @given(N=st.integers(1, 4), C=st.integers(1, 4),
        bad=st.sampled_from(["rank", "weight", "running", "eps", "grad", "dtype", "single"]))
 def test_batchnorm_rejects_invalid(N, C, bad):
@@ -210,3 +210,113 @@ def test_batchnorm_rejects_invalid(N, C, bad):
         return
     with pytest.raises((ValueError, TypeError)):
         norm.batch_norm_forward(x, **kw)
+
+
+# ---- pooling --------------------------------------------------------------------------
+
+from engine import pool, rnn  # noqa: E402
+
+
+@st.composite
+def pool_geometry(draw):
+    k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    p = (draw(st.integers(0, k[0] // 2)), draw(st.integers(0, k[1] // 2)))
+    H = draw(st.integers(max(1, k[0] - 2 * p[0]), 9))
+    W = draw(st.integers(max(1, k[1] - 2 * p[1]), 9))
+    return dict(shape=(draw(st.integers(1, 2)), draw(st.integers(1, 3)), H, W), k=k, s=s, p=p,
+                ceil=draw(st.booleans()))
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(g=pool_geometry(), kind=st.sampled_from(["max", "avg", "adaptive"]), dtype=dtypes,
+       seed=seeds)
+def test_pool_matches_reference(g, kind, dtype, seed):
+    x = _arr(seed, g["shape"], dtype)
+    if kind == "max":
+        y, ind = pool.max_pool2d(x, g["k"], g["s"], g["p"], ceil_mode=g["ceil"])
+        ry, rind = ref.max_pool2d_forward(x, g["k"], g["s"], g["p"], ceil_mode=g["ceil"])
+        np.testing.assert_array_equal(y, ry)
+        gy = _arr(seed + 1, y.shape, dtype)
+        np.testing.assert_allclose(pool.max_pool2d_grad(gy, ind, x.shape),
+                                   ref.max_pool2d_backward(gy, rind, x.shape), **_tol(dtype, 10))
+    elif kind == "avg":
+        y = pool.avg_pool2d(x, g["k"], g["s"], g["p"], ceil_mode=g["ceil"])
+        np.testing.assert_allclose(y, ref.avg_pool2d_forward(x, g["k"], g["s"], g["p"],
+                                                             ceil_mode=g["ceil"]), **_tol(dtype))
+        gy = _arr(seed + 1, y.shape, dtype)
+        np.testing.assert_allclose(
+            pool.avg_pool2d_grad(gy, x.shape, g["k"], g["s"], g["p"], ceil_mode=g["ceil"]),
+            ref.avg_pool2d_backward(gy, x.shape, g["k"], g["s"], g["p"], ceil_mode=g["ceil"]),
+            **_tol(dtype, 10))
+    else:
+        out = (1 + seed % g["shape"][2], 1 + (seed // 7) % g["shape"][3])
+        y = pool.adaptive_avg_pool2d(x, out)
+        np.testing.assert_allclose(y, ref.adaptive_avg_pool2d_forward(x, out), **_tol(dtype))
+        gy = _arr(seed + 1, y.shape, dtype)
+        np.testing.assert_allclose(pool.adaptive_avg_pool2d_grad(gy, x.shape),
+                                   ref.adaptive_avg_pool2d_backward(gy, x.shape),
+                                   **_tol(dtype, 10))
+
+
+@settings(max_examples=80, **SETTINGS)
+@given(g=pool_geometry(), bad=st.sampled_from(["kernel", "stride", "padding", "big", "rank",
+                                               "dtype", "indices"]),
+       value=st.integers(-3, 0))
+def test_pool_rejects_invalid(g, bad, value):
+    x = np.ones(g["shape"], np.float32)
+    k, s, p = g["k"], g["s"], g["p"]
+    if bad == "kernel":
+        k = value
+    elif bad == "stride":
+        s = value
+    elif bad == "padding":
+        p = value - 1 if value < 0 else k[0] // 2 + 1
+    elif bad == "big":
+        k, p = (g["shape"][2] + 1, 1), 0
+    elif bad == "rank":
+        x = x[0]
+    elif bad == "dtype":
+        x = x.astype(np.int64)
+    if bad == "indices":
+        y, ind = pool.max_pool2d(x, k, s, p)
+        ind = ind + x.shape[2] * x.shape[3]   # every index outside its plane
+        with pytest.raises(ValueError, match="outside its plane"):
+            pool.max_pool2d_grad(np.ones_like(y), ind, x.shape)
+        return
+    with pytest.raises((ValueError, TypeError)):
+        pool.max_pool2d(x, k, s, p)
+
+
+# ---- recurrent ------------------------------------------------------------------------
+
+@settings(max_examples=200, **SETTINGS)
+@given(mode=st.sampled_from(["RNN_TANH", "RNN_RELU", "LSTM", "GRU"]), T=st.integers(1, 5),
+       B=st.integers(1, 3), I=st.integers(1, 5), H=st.integers(1, 6), bias=st.booleans(),
+       reverse=st.booleans(), dtype=dtypes, seed=seeds)
+def test_recurrent_matches_reference(mode, T, B, I, H, bias, reverse, dtype, seed):
+    G = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}[mode]
+    x = _arr(seed, (T, B, I), dtype)
+    w_ih, w_hh = _arr(seed + 1, (G * H, I), dtype) * 0.5, _arr(seed + 2, (G * H, H), dtype) * 0.5
+    b_ih = _arr(seed + 3, (G * H,), dtype) if bias else None
+    b_hh = _arr(seed + 4, (G * H,), dtype) if bias else None
+    h0 = _arr(seed + 5, (B, H), dtype)
+    c0 = _arr(seed + 6, (B, H), dtype) if mode == "LSTM" else None
+    ws = np.empty(rnn.workspace_size(mode, T, B, H), dtype)
+    y, h_n, c_n = rnn.rnn_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse=reverse,
+                                  workspace=ws)
+    ry, rh, rc, cache = ref.rnn_layer_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0,
+                                              reverse=reverse)
+    t = _tol(dtype, 10)
+    np.testing.assert_allclose(y, ry, **t)
+    np.testing.assert_allclose(h_n, rh, **t)
+    if mode == "LSTM":
+        np.testing.assert_allclose(c_n, rc, **t)
+    dy = _arr(seed + 7, y.shape, dtype)
+    grads = rnn.rnn_backward(mode, x, w_ih, w_hh, y, h0, c0, ws, dy, reverse=reverse,
+                             bias=bias)
+    rgrads = ref.rnn_layer_backward(cache, dy)
+    for i, name in enumerate(["d_x", "d_h0", "d_c0", "d_w_ih", "d_w_hh", "d_b_ih", "d_b_hh"]):
+        if grads[i] is None or rgrads[i] is None:
+            continue
+        np.testing.assert_allclose(grads[i], rgrads[i], err_msg=name, **_tol(dtype, 100))
