@@ -45,7 +45,9 @@ cdef extern from *:
         p = fmaf(p, r, 1.6666665459e-1f);
         p = fmaf(p, r, 5.0000001201e-1f);
         p = fmaf(p, r * r, r) + 1.0f;
-        int32_t bits = ((int32_t)n + 127) << 23;
+        /* A NaN x gives a NaN n (the clamps let it through): converting it
+           to int is undefined, so use 0 for the scale; p is NaN already. */
+        int32_t bits = ((int32_t)(n == n ? n : 0.0f) + 127) << 23;
         float scale;
         memcpy(&scale, &bits, sizeof scale);
         return p * scale;
