@@ -39,8 +39,13 @@ cdef int conv2d_set_output_size(Conv2dParams* p) noexcept nogil
 # 0 when every size is positive, C and K divide by groups and sizes fit BLAS.
 cdef int conv2d_check_params(const Conv2dParams* p) noexcept nogil
 
-# The algorithm 'auto' picks for this layer shape (IM2COL or DIRECT).
-cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p) noexcept nogil
+cdef enum ConvPass:
+    CONV_PASS_FORWARD = 0
+    CONV_PASS_BACKWARD_INPUT = 1
+    CONV_PASS_BACKWARD_WEIGHT = 2
+
+# The algorithm 'auto' picks for this layer shape and pass (IM2COL or DIRECT).
+cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p, ConvPass which) noexcept nogil
 
 # cols (N, C*kh*kw, OH*OW), rows ordered (c, i, j); parallel over images.
 cdef int im2col_batch(Conv2dParams p, const floating* x, floating* cols) noexcept nogil
@@ -71,7 +76,7 @@ cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
                                        const floating* dy, floating* dw,
                                        floating* db, bint accumulate) noexcept nogil
 
-# Dispatch on `algo` (CONV_ALGO_AUTO -> conv2d_choose_algo).
+# Dispatch on `algo` (CONV_ALGO_AUTO -> conv2d_choose_algo for each pass).
 cdef int conv2d_forward(Conv2dParams p, ConvAlgo algo, const floating* x,
                         const floating* w, const floating* b,
                         floating* y) noexcept nogil

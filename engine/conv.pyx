@@ -70,15 +70,45 @@ cdef inline bint _is_pointwise(const Conv2dParams* p) noexcept nogil:
             and p.ph == 0 and p.pw == 0 and p.OH == p.H and p.OW == p.W)
 
 
-cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p) noexcept nogil:
+cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p, ConvPass which) noexcept nogil:
+    # Quick 1-thread measurements on the (noisy, shared) 2-core dev machine,
+    # GFLOPS im2col / direct, float32:
+    #   LeNet c1 b64 1->6 5x5 28x28:   fwd 39 / 45   dW 38 / 29 (same within noise)
+    #   LeNet c2 b64 6->16 5x5 10x10:  fwd 41 / 61   dW 29 / 17   dx 22 / 23
+    #   3x3 64->64 b32 32x32 (VGG):    fwd 69 / 95   dW 67 / 31   dx 66 / 97
+    #   3x3 64->64 b32 16x16:          fwd 60 / 95   dW 48 / 31   dx 74 / 97
+    #   3x3 32->64 b32 12x12:          fwd 60 / 63   dW 53 / 17   dx 39 / 45
+    #   3x3 128->128 b32 8x8:          fwd 61 / 52   dW 67 / 10   dx 59 / 50
+    #   3x3 256->256 b32 4x4:          fwd 65 / 25   dW 37 /  4   dx 49 / 12
+    #   depthwise 3x3 64ch b32 32x32:  fwd  7 / 19   dW  7 / 11   dx  5 / 14
+    # sgemm on the im2col GEMM shape ran 75-80 in the same runs. The direct
+    # forward tile holds 8 output channels x 16 pixels x 2 rows: it wins when
+    # Kg is a multiple of 8 and rows are >= 10 pixels (under 40% of the
+    # vector wasted). dx of a stride-1 conv is the direct forward of dy with
+    # the channel roles swapped (Cg plays Kg). Weight gradients reduce over
+    # pixels, which the GEMM does better, except for depthwise/narrow groups.
     cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
+    if p.kw > _MAX_TAPS_ROW:
+        return CONV_ALGO_IM2COL          # the direct path's tap table limit
     if _is_pointwise(p):
         return CONV_ALGO_IM2COL          # a plain GEMM on the input planes
-    # Depthwise / narrow groups: per-group GEMMs of a few rows run far below
-    # sgemm speed, the direct loops do not.
+    # Depthwise / narrow groups / 1-3 input channels: GEMMs of a few rows or
+    # a short inner dimension run far below sgemm speed, direct loops do not.
     if Cg * p.kh * p.kw <= 32 or Kg < 8:
         return CONV_ALGO_DIRECT
+    if which == CONV_PASS_FORWARD and Kg % 8 == 0 and p.OW >= 10:
+        return CONV_ALGO_DIRECT
+    if (which == CONV_PASS_BACKWARD_INPUT and Cg % 8 == 0 and p.W >= 10
+            and _direct_dx_is_forward(p)):
+        return CONV_ALGO_DIRECT
     return CONV_ALGO_IM2COL
+
+
+cdef inline bint _direct_dx_is_forward(const Conv2dParams* p) noexcept nogil:
+    """Stride 1 and padding within the kernel extent: the direct grad-input
+    runs as a direct forward convolution (else a slower scatter)."""
+    return (p.sh == 1 and p.sw == 1 and p.ph <= p.dh * (p.kh - 1)
+            and p.pw <= p.dw * (p.kw - 1) and p.kw <= _MAX_TAPS_ROW)
 
 
 # -- small helpers ------------------------------------------------------------
@@ -989,8 +1019,7 @@ cdef int conv2d_direct_backward_input(Conv2dParams p, const floating* w,
     cdef floating* ws
     cdef int nthreads = engine_num_threads()
     cdef unsigned int old
-    if (p.sh == 1 and p.sw == 1 and p.ph <= p.dh * (p.kh - 1)
-            and p.pw <= p.dw * (p.kw - 1) and p.kw <= _MAX_TAPS_ROW):
+    if _direct_dx_is_forward(&p):
         # Stride 1: dx is the direct convolution of dy (padded by the kernel
         # extent minus ph, pw) with the flipped, group-transposed weights.
         q = p
@@ -1141,7 +1170,7 @@ cdef int conv2d_forward(Conv2dParams p, ConvAlgo algo, const floating* x,
                         const floating* w, const floating* b,
                         floating* y) noexcept nogil:
     if algo == CONV_ALGO_AUTO:
-        algo = conv2d_choose_algo(&p)
+        algo = conv2d_choose_algo(&p, CONV_PASS_FORWARD)
     if algo == CONV_ALGO_DIRECT:
         return conv2d_direct_forward(p, x, w, b, y)
     if algo == CONV_ALGO_IM2COL:
@@ -1154,19 +1183,22 @@ cdef int conv2d_backward(Conv2dParams p, ConvAlgo algo, const floating* x,
                          floating* dx, floating* dw, floating* db,
                          bint accumulate) noexcept nogil:
     cdef int err
+    cdef ConvAlgo a = algo
+    if algo != CONV_ALGO_AUTO and algo != CONV_ALGO_IM2COL and algo != CONV_ALGO_DIRECT:
+        return ENGINE_EBADARG
     if algo == CONV_ALGO_AUTO:
-        algo = conv2d_choose_algo(&p)
-    if algo == CONV_ALGO_DIRECT:
+        a = conv2d_choose_algo(&p, CONV_PASS_BACKWARD_WEIGHT)
+    if a == CONV_ALGO_DIRECT:
         err = conv2d_direct_backward_weight(p, x, dy, dw, db, accumulate)
-        if err == 0 and dx != NULL:
-            err = conv2d_direct_backward_input(p, w, dy, dx)
-        return err
-    if algo == CONV_ALGO_IM2COL:
+    else:
         err = conv2d_im2col_backward_weight(p, x, dy, dw, db, accumulate)
-        if err == 0 and dx != NULL:
-            err = conv2d_im2col_backward_input(p, w, dy, dx)
+    if err or dx == NULL:
         return err
-    return ENGINE_EBADARG
+    if algo == CONV_ALGO_AUTO:
+        a = conv2d_choose_algo(&p, CONV_PASS_BACKWARD_INPUT)
+    if a == CONV_ALGO_DIRECT:
+        return conv2d_direct_backward_input(p, w, dy, dx)
+    return conv2d_im2col_backward_input(p, w, dy, dx)
 
 
 # -- Python entries -----------------------------------------------------------
@@ -1239,9 +1271,12 @@ cdef Conv2dParams _make_params(x_shape, w_shape, stride, padding, dilation,
     return p
 
 
-def _algo(algo):
+def _algo(algo, w_shape):
     if algo not in _ALGOS:
         raise ValueError(f"algo must be one of 'auto', 'im2col', 'direct', got {algo!r}")
+    if algo == "direct" and w_shape[3] > _MAX_TAPS_ROW:
+        raise ValueError(f"algo='direct' supports kernel widths up to {_MAX_TAPS_ROW}, "
+                         f"got weight shape {w_shape}; use 'im2col' or 'auto'")
     return _ALGOS[algo]
 
 
@@ -1259,11 +1294,21 @@ def output_shape(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1):
     return (p.N, p.K, p.OH, p.OW)
 
 
-def choose_algo(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1):
-    """The algorithm 'auto' uses for this layer: 'im2col' or 'direct'."""
+_PASSES = {"forward": CONV_PASS_FORWARD, "backward_input": CONV_PASS_BACKWARD_INPUT,
+           "backward_weight": CONV_PASS_BACKWARD_WEIGHT}
+
+
+def choose_algo(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1,
+                which="forward"):
+    """The algorithm 'auto' uses for this layer and pass: 'im2col' or 'direct'.
+
+    which: 'forward', 'backward_input' or 'backward_weight'.
+    """
     cdef Conv2dParams p = _make_params(tuple(x_shape), tuple(w_shape), stride,
                                        padding, dilation, groups)
-    return _ALGO_NAMES[conv2d_choose_algo(&p)]
+    if which not in _PASSES:
+        raise ValueError(f"which must be one of {tuple(_PASSES)}, got {which!r}")
+    return _ALGO_NAMES[conv2d_choose_algo(&p, _PASSES[which])]
 
 
 def _check_inputs(x, weight):
@@ -1283,7 +1328,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1,
     Returns: y (N, K, OH, OW).
     """
     x, weight = _check_inputs(x, weight)
-    cdef ConvAlgo a = _algo(algo)
+    cdef ConvAlgo a = _algo(algo, weight.shape)
     cdef Conv2dParams p = _make_params(x.shape, weight.shape, stride, padding,
                                        dilation, groups)
     if bias is not None:
@@ -1322,7 +1367,7 @@ def conv2d_grad(x, weight, grad_out, stride=1, padding=0, dilation=1,
     """
     x, weight = _check_inputs(x, weight)
     grad_out = float_array(grad_out, "grad_out", ndim=4, dtype=x.dtype)
-    cdef ConvAlgo a = _algo(algo)
+    cdef ConvAlgo a = _algo(algo, weight.shape)
     cdef Conv2dParams p = _make_params(x.shape, weight.shape, stride, padding,
                                        dilation, groups)
     want = (p.N, p.K, p.OH, p.OW)
