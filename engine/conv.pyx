@@ -35,6 +35,24 @@ cdef enum:
     _VL = 16
 
 cdef size_t _BLAS_INT_MAX = 2147483647
+# Below this much work per thread a kernel runs on fewer threads (results do
+# not change: chunks come from the shapes). Waking an OpenMP team for tiny
+# work cost up to 25x on the loaded 2-core dev machine.
+cdef double _MIN_THREAD_FLOPS = 2.0e5
+
+
+cdef inline int _team(Py_ssize_t items, double work) noexcept nogil:
+    """Threads for `items` independent items worth `work` FLOPs in all."""
+    cdef int n = engine_num_threads()
+    if items < n:
+        n = <int>items
+    if work < n * _MIN_THREAD_FLOPS:
+        n = <int>(work / _MIN_THREAD_FLOPS)
+    return n if n > 1 else 1
+
+
+cdef inline double _conv_flops(const Conv2dParams* p) noexcept nogil:
+    return 2.0 * p.N * p.K * (p.C // p.groups) * p.kh * p.kw * p.OH * p.OW
 
 
 # -- parameters ---------------------------------------------------------------
@@ -169,7 +187,8 @@ cdef void _bias_grad(const Conv2dParams* p, const floating* dy, floating* db,
     cdef Py_ssize_t k, n, P = p.OH * p.OW
     cdef floating s
     cdef unsigned int old
-    for k in prange(p.K, schedule='static', num_threads=engine_num_threads()):
+    for k in prange(p.K, schedule='static',
+                    num_threads=_team(p.K, <double>p.N * p.K * P)):
         s = 0
         for n in range(p.N):
             s = s + _sum(dy + (n * p.K + k) * P, P)
@@ -254,7 +273,7 @@ cdef int im2col_batch(Conv2dParams p, const floating* x, floating* cols) noexcep
     cdef Py_ssize_t n, R = p.C * p.kh * p.kw, P = p.OH * p.OW
     if err:
         return err
-    for n in prange(p.N, schedule='static', num_threads=engine_num_threads()):
+    for n in prange(p.N, schedule='static', num_threads=_team(p.N, <double>p.N * R * P)):
         _im2col_image(&p, x + n * p.C * p.H * p.W, p.C, cols + n * R * P, P, 0, p.OH)
     return ENGINE_OK
 
@@ -265,7 +284,7 @@ cdef int col2im_batch(Conv2dParams p, const floating* cols, floating* dx) noexce
     cdef unsigned int old
     if err:
         return err
-    for n in prange(p.N, schedule='static', num_threads=engine_num_threads()):
+    for n in prange(p.N, schedule='static', num_threads=_team(p.N, <double>p.N * R * P)):
         old = engine_ftz_enter()
         memset(dx + n * p.C * p.H * p.W, 0, p.C * p.H * p.W * sizeof(floating))
         _col2im_image(&p, cols + n * R * P, P, p.C, dx + n * p.C * p.H * p.W, 0, p.OH)
@@ -468,7 +487,7 @@ cdef int conv2d_im2col_forward(Conv2dParams p, const floating* x,
     cdef Py_ssize_t items = ceil_div(p.N, B), it, n0, nb
     cdef Py_ssize_t per = _workspace_size(&p, B)
     cdef Py_ssize_t R = (p.C // p.groups) * p.kh * p.kw
-    cdef int nthreads = engine_num_threads()
+    cdef int nthreads = _team(p.N * p.groups, _conv_flops(&p))
     cdef floating* ws
     cdef floating* mine
     cdef unsigned int old
@@ -506,7 +525,7 @@ cdef int conv2d_im2col_backward_input(Conv2dParams p, const floating* w,
     cdef Py_ssize_t items = ceil_div(p.N, B), it, n0, nb
     cdef Py_ssize_t per = _workspace_size(&p, B)
     cdef Py_ssize_t R = (p.C // p.groups) * p.kh * p.kw
-    cdef int nthreads = engine_num_threads()
+    cdef int nthreads = _team(p.N * p.groups, _conv_flops(&p))
     cdef floating* ws
     cdef floating* mine
     cdef unsigned int old
@@ -561,7 +580,7 @@ cdef int conv2d_im2col_backward_weight(Conv2dParams p, const floating* x,
     cdef double flops = 2.0 * p.N * p.K * R * P
     # Chunks of consecutive work items, from the shapes only.
     cdef Py_ssize_t nchunks = work_chunks(items, flops, _DW_CHUNK_FLOPS, _DW_MAX_CHUNKS)
-    cdef int nthreads = engine_num_threads()
+    cdef int nthreads = _team(p.N * p.groups, _conv_flops(&p))
     cdef floating* ws
     cdef floating* parts
     cdef floating* mine
@@ -883,7 +902,7 @@ cdef int _direct_conv(const Conv2dParams* p, const floating* x, const floating* 
     cdef Py_ssize_t vl = _vl(y), it
     cdef Py_ssize_t Cg = p.C // p.groups, R = Cg * p.kh * p.kw
     cdef Py_ssize_t items = p.N * p.groups, per
-    cdef int nthreads = engine_num_threads()
+    cdef int nthreads = _team(p.N * p.groups, _conv_flops(p))
     cdef floating* ws
     cdef floating* wpk
     cdef unsigned int old
@@ -1017,7 +1036,7 @@ cdef int conv2d_direct_backward_input(Conv2dParams p, const floating* w,
     cdef Conv2dParams q
     cdef floating* w2
     cdef floating* ws
-    cdef int nthreads = engine_num_threads()
+    cdef int nthreads = _team(p.N * p.groups, _conv_flops(&p))
     cdef unsigned int old
     if _direct_dx_is_forward(&p):
         # Stride 1: dx is the direct convolution of dy (padded by the kernel
@@ -1131,7 +1150,7 @@ cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
     cdef Py_ssize_t dyq_size = (Kg + 3) * p.OH * ceil_div(p.OW, vl) * vl, per
     cdef double flops = 2.0 * p.N * wsize * p.OH * p.OW
     cdef Py_ssize_t nchunks = work_chunks(p.N, flops, _DW_CHUNK_FLOPS, _DW_MAX_CHUNKS)
-    cdef int nthreads = engine_num_threads()
+    cdef int nthreads = _team(p.N * p.groups, _conv_flops(&p))
     cdef floating* ws
     cdef floating* parts
     cdef floating* mine
@@ -1456,15 +1475,19 @@ cdef int _col2im(Conv2dParams p, floating[:, :, ::1] cols, floating[:, :, :, ::1
 
 
 
-def _set_tuning(min_gemm_cols=None, col_tile_elems=None):
-    """Tests and benchmarks only: change the im2col batching / tiling sizes.
+def _set_tuning(min_gemm_cols=None, col_tile_elems=None, min_thread_flops=None):
+    """Tests and benchmarks only: change the im2col batching / tiling sizes
+    and the work below which kernels use fewer threads.
 
     Returns the previous values as a dict (pass it back to restore).
     """
-    global _MIN_GEMM_COLS, _COL_TILE_ELEMS
-    old = dict(min_gemm_cols=_MIN_GEMM_COLS, col_tile_elems=_COL_TILE_ELEMS)
+    global _MIN_GEMM_COLS, _COL_TILE_ELEMS, _MIN_THREAD_FLOPS
+    old = dict(min_gemm_cols=_MIN_GEMM_COLS, col_tile_elems=_COL_TILE_ELEMS,
+               min_thread_flops=_MIN_THREAD_FLOPS)
     if min_gemm_cols is not None:
         _MIN_GEMM_COLS = max(1, int(min_gemm_cols))
     if col_tile_elems is not None:
         _COL_TILE_ELEMS = max(1, int(col_tile_elems))
+    if min_thread_flops is not None:
+        _MIN_THREAD_FLOPS = max(0.0, float(min_thread_flops))
     return old
