@@ -8,7 +8,7 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
 from libc.stdlib cimport malloc, free
-from libc.string cimport memset, memcpy
+from libc.string cimport memset, memcpy, memmove
 
 from engine._common cimport (ENGINE_OK, ENGINE_EBADARG, ENGINE_ENOMEM,
                              engine_ftz_enter, engine_ftz_exit, work_chunks,
@@ -644,7 +644,6 @@ cdef extern from *:
     #define ENGINE_VSTORE(p, v) __builtin_memcpy((p), &(v), sizeof(vec_t))
     #define ENGINE_VFMA(acc, s, v) acc += (s) * (v)
     #define ENGINE_VFMAV(acc, a, b) acc += (a) * (b)
-    #define ENGINE_VGET(v, l) ((v)[l])
     #else  /* plain C: arrays of VL lanes (the compiler may still vectorise) */
     #define ENGINE_FMA_ATTR
     #define ENGINE_VEC(T, VL) typedef struct { T e[VL]; } vec_t; enum { vl_ = VL };
@@ -653,7 +652,6 @@ cdef extern from *:
     #define ENGINE_VSTORE(p, v) do { for (int l_ = 0; l_ < vl_; l_++) (p)[l_] = (v).e[l_]; } while (0)
     #define ENGINE_VFMA(acc, s, v) do { for (int l_ = 0; l_ < vl_; l_++) (acc).e[l_] += (s) * (v).e[l_]; } while (0)
     #define ENGINE_VFMAV(acc, a, b) do { for (int l_ = 0; l_ < vl_; l_++) (acc).e[l_] += (a).e[l_] * (b).e[l_]; } while (0)
-    #define ENGINE_VGET(v, l) ((v).e[l])
     #endif
 
     /* Forward tile: out[r][k][0:VL] = sum over channels c and taps (i, j) of
@@ -685,9 +683,11 @@ cdef extern from *:
             for (int k = 0; k < KB; k++) ENGINE_VSTORE(out + (r * KB + k) * VL, acc[r][k]); \\
     }
 
-    /* Weight-gradient tile: out[k][t] = sum over rows and nvec vectors of
-       dy[k*dy_chan_step + row*dy_row_step + v*VL + 0:VL]
-       * x[row*x_row_step + toff[t] + v*VL + 0:VL], lanes summed in order. */
+    /* Weight-gradient tile: out[k][t][0:VL] = lane-wise sum over rows and
+       nvec vectors of dy[k*dy_chan_step + row*dy_row_step + v*VL + 0:VL]
+       * x[row*x_row_step + toff[t] + v*VL + 0:VL]. The lanes are summed by
+       the caller once per chunk (summing them here, per call, cost as much
+       as the FMAs on small maps). */
     #define ENGINE_CONV_DW_TILE(NAME, T, VL, KB, TB)                             \\
     ENGINE_FMA_ATTR static void NAME(                                           \\
         const T* dy, ptrdiff_t dy_chan_step, ptrdiff_t dy_row_step,             \\
@@ -712,11 +712,7 @@ cdef extern from *:
             }                                                                   \\
         }                                                                       \\
         for (int k = 0; k < KB; k++)                                            \\
-            for (int t = 0; t < TB; t++) {                                      \\
-                T s = 0;                                                        \\
-                for (int l = 0; l < VL; l++) s += ENGINE_VGET(acc[k][t], l);    \\
-                out[k * TB + t] = s;                                            \\
-            }                                                                   \\
+            for (int t = 0; t < TB; t++) ENGINE_VSTORE(out + (k * TB + t) * VL, acc[k][t]); \\
     }
 
     ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r2k8, float, ENGINE_VL_F32, 2, 8)
@@ -1097,16 +1093,17 @@ cdef void _direct_backward_weight_item(const Conv2dParams* p, const DirectGeom* 
                                        const floating* x, const floating* dy,
                                        floating* dw_part, Py_ssize_t n, Py_ssize_t grp,
                                        floating* xq, floating* dyq) noexcept nogil:
-    """dw_part[k, c, i, j] += sum over pixels of dy[n, k] * shifted x[n, c]."""
+    """dw_vpart[k, c, i, j, 0:VL] += lane-wise sums of dy[n, k] * shifted x[n, c]."""
     cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
     cdef Py_ssize_t T = p.kh * p.kw, vl = _vl(xq)
     cdef Py_ssize_t OWp = ceil_div(p.OW, vl) * vl, plane = p.OH * OWp
     cdef Py_ssize_t KB = 4 if Kg >= 4 else 1, TB = 2 if Kg >= 4 else 8
 
     cdef Py_ssize_t c, k, kb, t, t0, oh, nk, nt, tap
-    cdef Py_ssize_t toff[8]
-    cdef floating out[8]
+    cdef Py_ssize_t toff[8], l
+    cdef floating out[8 * 16]
     cdef floating* dst
+    cdef floating* src
     _pad_phases(p, g, x + (n * p.C + grp * Cg) * p.H * p.W, Cg, xq)
     # dy rows padded with zeros to whole vectors, plus KB - 1 zero channels.
     memset(dyq, 0, (Kg + KB - 1) * plane * sizeof(floating))
@@ -1128,9 +1125,11 @@ cdef void _direct_backward_weight_item(const Conv2dParams* p, const DirectGeom* 
                 _dw_tile(KB, dyq + kb * plane, plane, OWp, xq + c * g.chan,
                          p.sh * g.rowlen, toff, p.OH, OWp // vl, out)
                 for k in range(nk):
-                    dst = dw_part + ((grp * Kg + kb + k) * Cg + c) * T + t0
+                    dst = dw_part + (((grp * Kg + kb + k) * Cg + c) * T + t0) * vl
                     for t in range(nt):
-                        dst[t] += out[k * TB + t]
+                        src = out + (k * TB + t) * vl
+                        for l in range(vl):
+                            dst[t * vl + l] += src[l]
                 t0 += TB
             kb += KB
 
@@ -1146,7 +1145,8 @@ cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
     cdef DirectGeom g
     cdef Py_ssize_t vl = _vl(dw)
     cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
-    cdef Py_ssize_t wsize = p.K * Cg * p.kh * p.kw, c, n, grp
+    cdef Py_ssize_t wsize = p.K * Cg * p.kh * p.kw, c, n, grp, i, l
+    cdef floating s
     cdef Py_ssize_t dyq_size = (Kg + 3) * p.OH * ceil_div(p.OW, vl) * vl, per
     cdef double flops = 2.0 * p.N * wsize * p.OH * p.OW
     cdef Py_ssize_t nchunks = work_chunks(p.N, flops, _DW_CHUNK_FLOPS, _DW_MAX_CHUNKS)
@@ -1160,21 +1160,30 @@ cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
     if nchunks < nthreads:
         nthreads = <int>nchunks
     ws = <floating*>malloc(nthreads * per * sizeof(floating))
-    parts = <floating*>malloc(nchunks * wsize * sizeof(floating))
+    # Per chunk: one vector of lane partials per weight.
+    parts = <floating*>malloc(nchunks * wsize * vl * sizeof(floating))
     if ws == NULL or parts == NULL:
         free(ws)
         free(parts)
         return ENGINE_ENOMEM
-    memset(parts, 0, nchunks * wsize * sizeof(floating))
+    memset(parts, 0, nchunks * wsize * vl * sizeof(floating))
     with parallel(num_threads=nthreads):
         old = engine_ftz_enter()
         mine = ws + threadid() * per
         for c in prange(nchunks, schedule='static'):
             for n in range(c * p.N // nchunks, (c + 1) * p.N // nchunks):
                 for grp in range(p.groups):
-                    _direct_backward_weight_item(&p, &g, x, dy, parts + c * wsize, n, grp,
-                                                 mine, mine + Cg * g.chan)
+                    _direct_backward_weight_item(&p, &g, x, dy, parts + c * wsize * vl,
+                                                 n, grp, mine, mine + Cg * g.chan)
+            # Sum the lanes in order: the chunk's partial, compacted in place.
+            for i in range(wsize):
+                s = 0
+                for l in range(vl):
+                    s = s + parts[(c * wsize + i) * vl + l]
+                parts[c * wsize * vl + i] = s
         engine_ftz_exit(old)
+    for c in range(1, nchunks):     # compact: chunk c's sums to parts[c * wsize]
+        memmove(parts + c * wsize, parts + c * wsize * vl, wsize * sizeof(floating))
     _reduce_partials(parts, nchunks, wsize, dw, accumulate)
     free(parts)
     free(ws)
