@@ -92,7 +92,7 @@ cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p, ConvPass which) noexcept
     # Quick 1-thread measurements on the (noisy, shared) 2-core dev machine,
     # GFLOPS im2col / direct, float32:
     #   LeNet c1 b64 1->6 5x5 28x28:   fwd 39 / 45   dW 38 / 29 (same within noise)
-    #   LeNet c2 b64 6->16 5x5 10x10:  fwd 41 / 61   dW 29 / 17   dx 22 / 23
+    #   LeNet c2 b64 6->16 5x5 10x10:  fwd 41 / 61   dW 35 / 17   dx 21 / 31
     #   3x3 64->64 b32 32x32 (VGG):    fwd 69 / 95   dW 67 / 31   dx 66 / 97
     #   3x3 64->64 b32 16x16:          fwd 60 / 95   dW 48 / 31   dx 74 / 97
     #   3x3 32->64 b32 12x12:          fwd 60 / 63   dW 53 / 17   dx 39 / 45
@@ -100,10 +100,11 @@ cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p, ConvPass which) noexcept
     #   3x3 256->256 b32 4x4:          fwd 65 / 25   dW 37 /  4   dx 49 / 12
     #   depthwise 3x3 64ch b32 32x32:  fwd  7 / 19   dW  7 / 11   dx  5 / 14
     # sgemm on the im2col GEMM shape ran 75-80 in the same runs. The direct
-    # forward tile holds 8 output channels x 16 pixels x 2 rows: it wins when
-    # Kg is a multiple of 8 and rows are >= 10 pixels (under 40% of the
-    # vector wasted). dx of a stride-1 conv is the direct forward of dy with
-    # the channel roles swapped (Cg plays Kg). Weight gradients reduce over
+    # forward tiles hold 16-24 vector accumulators (2 rows x 8 channels or
+    # 4 rows x 6 channels, 16 pixels each) when Kg is a multiple of 8 or 6:
+    # then direct wins if rows are >= 10 pixels (under 40% of the vector
+    # wasted). dx of a stride-1 conv is the direct forward of dy with the
+    # channel roles swapped (Cg plays Kg). Weight gradients reduce over
     # pixels, which the GEMM does better, except for depthwise/narrow groups.
     cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
     if p.kw > _MAX_TAPS_ROW:
@@ -114,10 +115,10 @@ cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p, ConvPass which) noexcept
     # a short inner dimension run far below sgemm speed, direct loops do not.
     if Cg * p.kh * p.kw <= 32 or Kg < 8:
         return CONV_ALGO_DIRECT
-    if which == CONV_PASS_FORWARD and Kg % 8 == 0 and p.OW >= 10:
+    if which == CONV_PASS_FORWARD and (Kg % 8 == 0 or Kg % 6 == 0) and p.OW >= 10:
         return CONV_ALGO_DIRECT
-    if (which == CONV_PASS_BACKWARD_INPUT and Cg % 8 == 0 and p.W >= 10
-            and _direct_dx_is_forward(p)):
+    if (which == CONV_PASS_BACKWARD_INPUT and (Cg % 8 == 0 or Cg % 6 == 0)
+            and p.W >= 10 and _direct_dx_is_forward(p)):
         return CONV_ALGO_DIRECT
     return CONV_ALGO_IM2COL
 
@@ -735,6 +736,8 @@ cdef extern from *:
 
     ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r2k8, float, ENGINE_VL_F32, 2, 8)
     ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r2k8, double, ENGINE_VL_F64, 2, 8)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r4k6, float, ENGINE_VL_F32, 4, 6)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r4k6, double, ENGINE_VL_F64, 4, 6)
     ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r2k4, float, ENGINE_VL_F32, 2, 4)
     ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r4k2, float, ENGINE_VL_F32, 4, 2)
     ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r8k1, float, ENGINE_VL_F32, 8, 1)
@@ -748,6 +751,8 @@ cdef extern from *:
     """
     void engine_conv_fwd_f32_r2k8(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
     void engine_conv_fwd_f64_r2k8(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
+    void engine_conv_fwd_f32_r4k6(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
+    void engine_conv_fwd_f64_r4k6(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
     void engine_conv_fwd_f32_r2k4(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
     void engine_conv_fwd_f32_r4k2(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
     void engine_conv_fwd_f32_r8k1(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
@@ -761,7 +766,7 @@ cdef extern from *:
 
 
 cdef enum:
-    _TILE_MAX = 16 * 16      # RB * KB * VL elements of the largest tile
+    _TILE_MAX = 24 * 16      # RB * KB * VL elements of the largest tile
     _MAX_TAPS_ROW = 64      # kw limit of the direct path (else im2col)
 
 
@@ -792,6 +797,8 @@ cdef void _direct_geom(const Conv2dParams* p, Py_ssize_t vl, DirectGeom* g) noex
     # on the same machine ran 75-80 on the im2col GEMM shape).
     if Kg % 8 == 0:
         g.RB, g.KB = 2, 8
+    elif Kg % 6 == 0:
+        g.RB, g.KB = 4, 6
     elif Kg % 4 == 0:
         g.RB, g.KB = 2, 4
     elif Kg % 2 == 0:
@@ -857,6 +864,8 @@ cdef void _fwd_tile(const DirectGeom* g, const floating* x, Py_ssize_t row_step,
     if floating is float:
         if g.KB == 8:
             engine_conv_fwd_f32_r2k8(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 6:
+            engine_conv_fwd_f32_r4k6(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         elif g.KB == 4:
             engine_conv_fwd_f32_r2k4(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         elif g.KB == 2:
@@ -866,6 +875,8 @@ cdef void _fwd_tile(const DirectGeom* g, const floating* x, Py_ssize_t row_step,
     else:
         if g.KB == 8:
             engine_conv_fwd_f64_r2k8(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 6:
+            engine_conv_fwd_f64_r4k6(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         elif g.KB == 4:
             engine_conv_fwd_f64_r2k4(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         elif g.KB == 2:

@@ -26,6 +26,8 @@ CONFIGS = [
     ((2, 3, 7, 7), (4, 3, 1, 1), 2, 0, 1, 1),            # 1x1 strided
     ((2, 2, 4, 4), (3, 2, 3, 3), 1, 2, (2, 1), 1),       # padding > needed
     ((3, 1, 12, 12), (6, 1, 5, 5), 1, 2, 1, 1),          # first layer, 1 channel
+    ((2, 6, 8, 19), (12, 6, 3, 3), 1, 1, 1, 1),          # 6-channel tiles, 2 pixel vectors
+    ((2, 16, 5, 18), (16, 16, 3, 5), 1, (1, 2), 1, 1),   # 8-channel tiles
 ]
 IDS = [f"x{c[0]}-w{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}".replace(" ", "") for c in CONFIGS]
 ALGOS = ["im2col", "direct"]
