@@ -91,7 +91,7 @@ cdef inline bint _is_pointwise(const Conv2dParams* p) noexcept nogil:
 cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p, ConvPass which) noexcept nogil:
     # Quick 1-thread measurements on the (noisy, shared) 2-core dev machine,
     # GFLOPS im2col / direct, float32:
-    #   LeNet c1 b64 1->6 5x5 28x28:   fwd 39 / 45   dW 38 / 29 (same within noise)
+    #   LeNet c1 b64 1->6 5x5 28x28:   fwd 39 / 45   dW 34 / 30
     #   LeNet c2 b64 6->16 5x5 10x10:  fwd 41 / 61   dW 35 / 17   dx 21 / 31
     #   3x3 64->64 b32 32x32 (VGG):    fwd 69 / 95   dW 67 / 31   dx 66 / 97
     #   3x3 64->64 b32 16x16:          fwd 60 / 95   dW 48 / 31   dx 74 / 97
@@ -105,12 +105,15 @@ cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p, ConvPass which) noexcept
     # then direct wins if rows are >= 10 pixels (under 40% of the vector
     # wasted). dx of a stride-1 conv is the direct forward of dy with the
     # channel roles swapped (Cg plays Kg). Weight gradients reduce over
-    # pixels, which the GEMM does better, except for depthwise/narrow groups.
+    # pixels, which the GEMM does better, except for depthwise / groups of
+    # fewer than 4 output channels.
     cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
     if p.kw > _MAX_TAPS_ROW:
         return CONV_ALGO_IM2COL          # the direct path's tap table limit
     if _is_pointwise(p):
         return CONV_ALGO_IM2COL          # a plain GEMM on the input planes
+    if which == CONV_PASS_BACKWARD_WEIGHT:
+        return CONV_ALGO_DIRECT if Kg < 4 else CONV_ALGO_IM2COL
     # Depthwise / narrow groups / 1-3 input channels: GEMMs of a few rows or
     # a short inner dimension run far below sgemm speed, direct loops do not.
     if Cg * p.kh * p.kw <= 32 or Kg < 8:
