@@ -13,3 +13,4 @@ from pyengine.reference.norm import *  # noqa: F401,F403
 from pyengine.reference.dropout import *  # noqa: F401,F403
 from pyengine.reference.conv import *  # noqa: F401,F403
 from pyengine.reference.pool import *  # noqa: F401,F403
+from pyengine.reference.rnn import *  # noqa: F401,F403
