@@ -307,9 +307,14 @@ cdef extern from *:
 
 # Per step, batch rows are cut into chunks (fixed by the shapes) that threads
 # take: each chunk runs its slice of the hidden GEMM and the fused gate pass.
-# Every chunk repacks W_hh inside BLAS, so chunks stay at least this big.
+# A step is short (B=32, H=128: ~40 us), and an OpenMP region per step costs
+# far more than it saves when the cores are shared (a thread that is not
+# scheduled stalls every barrier), so steps only split when each chunk has
+# at least this much work.
 cdef Py_ssize_t _STEP_MIN_ROWS = 16
-cdef double _STEP_MIN_FLOPS = 1.0e6
+cdef double _STEP_MIN_FLOPS = 4.0e6
+# Bias-gradient sums run on the calling thread below this many elements.
+cdef Py_ssize_t _DB_PARALLEL_MIN = 1 << 19
 cdef Py_ssize_t _MAX_CHUNKS = 8
 # Column block of the bias-gradient sums (one block per task, rows in order).
 cdef Py_ssize_t _DB_BLOCK = 64
@@ -362,6 +367,12 @@ cdef void _colsum_add(Py_ssize_t rows, Py_ssize_t cols, const floating* a,
                       Py_ssize_t lda, floating* out) noexcept nogil:
     """out[j] += sum_r a[r, j], column blocks in parallel, rows in fixed order."""
     cdef Py_ssize_t blk, lo, nblk = ceil_div(cols, _DB_BLOCK)
+    if rows * cols < _DB_PARALLEL_MIN:
+        if floating is float:
+            rnn_colsum_add_f(rows, cols, a, lda, out)
+        else:
+            rnn_colsum_add_d(rows, cols, a, lda, out)
+        return
     for blk in prange(nblk, nogil=True, schedule='static',
                       num_threads=engine_num_threads()):
         lo = blk * _DB_BLOCK
