@@ -446,3 +446,16 @@ def test_saturated_gates_stay_finite(rng):
     dx = m.backward(np.ones_like(out))
     assert np.all(np.isfinite(out)) and np.all(np.isfinite(dx))
     assert np.all(np.abs(out) <= 1)
+
+
+def test_non_contiguous_input_is_copied_not_misread(rng):
+    m = _module(pe.GRU, {}, np.float64, input_size=4, batch_first=True)
+    wide = rng.standard_normal((2, 5, 8))
+    x = wide[:, :, ::2]
+    assert not x.flags.c_contiguous
+    out, hn = m(x)
+    out_c, hn_c = m(np.ascontiguousarray(x))
+    assert np.array_equal(out, out_c) and np.array_equal(hn, hn_c)
+    d = rnn.rnn_forward("RNN_TANH", rng.standard_normal((3, 2, 8))[:, :, ::2],
+                        rng.standard_normal((5, 4)), rng.standard_normal((10, 5))[::2])
+    assert d[0].shape == (3, 2, 5)
