@@ -292,6 +292,12 @@ def shard_indices(n, num_replicas, rank, epoch=0, shuffle=True, seed=0, drop_las
         order = np.random.default_rng([int(seed), int(epoch)]).permutation(n)
     else:
         order = np.arange(n)
+    return _shard(order, num_replicas, rank, drop_last)
+
+
+def _shard(order, num_replicas, rank, drop_last=False):
+    """Positions rank, rank + R, ... of ``order``, padded or cut to equal shards."""
+    n = len(order)
     if drop_last:
         per_rank = n // num_replicas
     else:
@@ -463,25 +469,24 @@ class SyncBatchNorm(_BatchNorm):
 class _ShardedLoader:
     """This rank's batches of a DataLoader's dataset, one shard per epoch.
 
-    ``eval_mode``: no shuffling and no padding (shards may differ by one
-    sample; evaluation has no lockstep collective per batch), so metrics
-    summed over the ranks count every sample exactly once.
+    Training: each epoch draws the permutation the DataLoader itself would
+    (its generator, copied from rank 0), and the rank takes its
+    :func:`_shard` of it (padded like DistributedSampler): batch k of all
+    ranks together is batch k of one process with a world_size times larger
+    batch and the same seed. ``eval_mode``: no shuffling and no padding
+    (shards may differ by one sample; evaluation has no collective per
+    batch), so metrics summed over the ranks count every sample once.
     """
 
-    def __init__(self, loader, seed, eval_mode=False):
+    def __init__(self, loader, eval_mode=False):
         self.dataset = loader.dataset
         self.batch_size = loader.batch_size
         self.drop_last = loader.drop_last
         self.shuffle = loader.shuffle and not eval_mode
         self.eval_mode = eval_mode
-        self.seed = seed
-        self.epoch = 0
+        self._rng = broadcast_object(loader._rng) if self.shuffle else None
         n, r = len(self.dataset), world_size()
-        self.shard_len = (len(range(rank(), n, r)) if eval_mode
-                          else len(DistributedSampler(n, shuffle=False, drop_last=False)))
-
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
+        self.shard_len = len(range(rank(), n, r)) if eval_mode else -(-n // r)
 
     def __len__(self):
         if self.drop_last:
@@ -501,7 +506,8 @@ class _ShardedLoader:
         if self.eval_mode:
             idx = np.arange(rank(), n, world_size())
         else:
-            idx = shard_indices(n, world_size(), rank(), self.epoch, self.shuffle, self.seed)
+            order = self._rng.permutation(n) if self.shuffle else np.arange(n)
+            idx = _shard(order, world_size(), rank())
         stop = (len(idx) // bs) * bs if self.drop_last else len(idx)
         for start in range(0, stop, bs):
             yield _take(self.dataset, idx[start:start + bs])
@@ -510,22 +516,17 @@ class _ShardedLoader:
 class FitHooks:
     """What ``pe.fit(distributed=True)`` adds to the loop (see the module doc)."""
 
-    def __init__(self, model, seed):
-        from pyengine._random import get_rng
-
+    def __init__(self, model):
         init()
         self.is_main = rank() == 0
         self.world_size = world_size()
         broadcast_parameters(model)
-        if seed is None or isinstance(seed, np.random.Generator):
-            seed = int(get_rng().integers(0, 2**63))
-        self.seed = int(broadcast_object(int(seed)))
 
     def train_loader(self, loader):
-        return _ShardedLoader(loader, self.seed)
+        return _ShardedLoader(loader)
 
     def eval_loader(self, loader):
-        return _ShardedLoader(loader, self.seed, eval_mode=True)
+        return _ShardedLoader(loader, eval_mode=True)
 
     def after_backward(self, model, nonfinite):
         """Average the gradients; True (on every rank) when any rank's loss was non-finite."""

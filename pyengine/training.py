@@ -432,7 +432,7 @@ def fit(model, loss_fn, optimizer, train, epochs, val=None, batch_size=32, sched
     if distributed:
         from pyengine.distributed import FitHooks
 
-        ddp = FitHooks(model, train_loader.seed if train_loader.seed is not None else seed)
+        ddp = FitHooks(model)
         train_loader = ddp.train_loader(train_loader)
         val_loader = ddp.eval_loader(val_loader) if val_loader is not None else None
         verbose = verbose if ddp.is_main else 0
@@ -473,8 +473,6 @@ def fit(model, loss_fn, optimizer, train, epochs, val=None, batch_size=32, sched
 
     try:
         for epoch in range(1, epochs + 1):
-            if ddp is not None:
-                train_loader.set_epoch(epoch)
             model.train()
             meter = _Meter(metric_fns, sum_reduction)
             lr = optimizer.param_groups[0]["lr"] if getattr(optimizer, "param_groups", None) else None

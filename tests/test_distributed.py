@@ -204,3 +204,21 @@ def test_a_raising_rank_aborts_the_job(mpiexec, tmp_path):
     assert r.returncode != 0
     assert "boom from rank 1" in r.stderr + r.stdout
     assert "Traceback" in r.stderr + r.stdout
+
+
+def test_demo_distributed_matches_one_process(mpiexec, tmp_path):
+    """mpiexec -n 2 python -m pyengine demo --distributed: same global batches as one
+    process, so the same accuracy up to float rounding (a few of 359 test images)."""
+    def accuracy(cmd, *flags):
+        r = subprocess.run(cmd + ["-m", "pyengine", "demo", "--model", "mlp", *flags,
+                                  "--checkpoint", str(tmp_path / "demo.safetensors")],
+                           capture_output=True, text=True, timeout=120, env=_env(), cwd=tmp_path)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        lines = [s for s in r.stdout.splitlines() if s.startswith("test accuracy:")]
+        assert len(lines) == 1, r.stdout  # only rank 0 prints
+        return float(lines[0].split()[2]), r.stdout
+
+    two, out = accuracy([mpiexec, "-n", "2", sys.executable], "--distributed")
+    assert "2 MPI ranks" in out and "MISMATCH" not in out
+    one, _ = accuracy([sys.executable])  # plain single process, no MPI
+    assert two >= 0.9 and abs(two - one) <= 3 / 359
