@@ -77,7 +77,15 @@ def time_steps(build, batch_share, steps, warmup, reduce):
         if i >= warmup:
             step_times.append(t3 - t0)
             reduce_times.append(t2 - t1)
-    return float(np.median(step_times)), float(np.median(reduce_times)), batch
+    alone = []  # the allreduce by itself, all ranks entering together (no load imbalance)
+    for _ in range(steps if reduce and comm is not None else 0):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        dist.allreduce_gradients(model)
+        alone.append(time.perf_counter() - t0)
+    nbytes = sum(p.data.nbytes for p in model.parameters())
+    return (float(np.median(step_times)), float(np.median(reduce_times)),
+            float(np.median(alone)) if alone else 0.0, batch, nbytes)
 
 
 def main():
@@ -92,28 +100,35 @@ def main():
         # 1 rank x world threads, whole batch (other ranks idle)
         if rank == 0:
             pe.set_num_threads(world)
-            single, _, batch = time_steps(build, 1, args.steps, args.warmup, reduce=False)
+            single = time_steps(build, 1, args.steps, args.warmup, reduce=False)[0]
         if comm is not None and world > 1:
             _wait_idle(comm)
         # world ranks x 1 thread, batch / world each
         pe.set_num_threads(1)
-        step, red, batch = time_steps(build, world, args.steps, args.warmup, reduce=True)
-        step = max(dist._comm().allgather(step)) if world > 1 else step
-        red = max(dist._comm().allgather(red)) if world > 1 else red
+        step, red, alone, batch, nbytes = time_steps(build, world, args.steps, args.warmup,
+                                                     reduce=True)
+        if world > 1:  # the slowest rank sets the pace
+            step, red, alone = (max(comm.allgather(v)) for v in (step, red, alone))
         if rank == 0:
-            rows.append((name, batch, single, step, red))
+            rows.append((name, batch, nbytes, single, step, red, alone))
     if rank != 0:
         return
     print(f"data-parallel scaling, {world} rank(s) on this machine "
           f"({dist.local_size()} local), same global batch; median of {args.steps} steps")
-    head = (f"{'model':<20} {'batch':>5} {'1 rank x %d thr' % world:>16} "
-            f"{'%d ranks x 1 thr' % world:>16} {'speed-up':>8} {'allreduce':>10} {'share':>6}")
+    print("allreduce in step: inside the timed step (includes waiting for a slower rank); "
+          "alone: all ranks entering together")
+    head = (f"{'model':<20} {'batch':>5} {'grads':>8} {'1 rank x %d thr' % world:>16} "
+            f"{'%d ranks x 1 thr' % world:>16} {'speed-up':>8} {'allreduce in step':>18} "
+            f"{'alone':>18}")
     print(head)
     print("-" * len(head))
-    for name, batch, single, step, red in rows:
-        print(f"{name:<20} {batch:>5} {single * 1e3:>13.2f} ms {step * 1e3:>13.2f} ms "
-              f"{single / step:>7.2f}x {red * 1e3:>7.3f} ms {100 * red / step:>5.1f}%")
-    print("samples/s:", ", ".join(f"{n}: {b / s:.0f} -> {b / t:.0f}" for n, b, s, t, _ in rows))
+    for name, batch, nbytes, single, step, red, alone in rows:
+        print(f"{name:<20} {batch:>5} {nbytes / 2**20:>5.2f} MB {single * 1e3:>13.2f} ms "
+              f"{step * 1e3:>13.2f} ms {single / step:>7.2f}x "
+              f"{red * 1e3:>8.3f} ms {100 * red / step:>5.1f}% "
+              f"{alone * 1e3:>8.3f} ms {100 * alone / step:>5.1f}%")
+    print("samples/s:", ", ".join(f"{r[0]}: {r[1] / r[3]:.0f} -> {r[1] / r[4]:.0f}"
+                                  for r in rows))
 
 
 if __name__ == "__main__":

@@ -171,6 +171,14 @@ def test_broadcast_covers_buffers_and_sync_batchnorm(core):
     np.testing.assert_allclose(bn["sync_wgrad"], ref.weight.grad / 2, rtol=1e-10)
 
 
+def test_fit_with_batchnorm(core):
+    _, result = core
+    sync, local = result["fit_bn"]["sync"], result["fit_bn"]["local"]
+    assert sync["type"] == "SyncBatchNorm" and local["type"] == "BatchNorm2d"
+    assert sync["identical"]  # parameters AND running statistics
+    assert local["params_identical"] and not local["identical"]  # per-rank running stats
+
+
 def test_checkpoint_resumes_across_world_sizes(mpiexec, tmp_path):
     run_mpi(mpiexec, 1, "train", tmp_path)
     run_mpi(mpiexec, 2, "train", tmp_path)

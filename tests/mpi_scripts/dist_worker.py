@@ -106,6 +106,36 @@ def bn_check():
             "sync_wgrad": (dist.allreduce_array(sync.weight.grad.copy()) / world).tolist()}
 
 
+def fit_batchnorm_check():
+    """fit(distributed=True) on a BatchNorm model: with SyncBatchNorm the replicas,
+    buffers included, stay bitwise identical; plain BatchNorm keeps per-rank statistics."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((48, 2, 6, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 48)
+    out = {}
+    for sync in (True, False):
+        pe.manual_seed(1)
+        model = pe.Sequential(pe.Conv2d(2, 4, 3), pe.BatchNorm2d(4), pe.ReLU(), pe.Flatten(),
+                              pe.Linear(64, 3))
+        if sync:
+            model = dist.SyncBatchNorm.convert_sync_batchnorm(model)
+        opt = pe.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        pe.fit(model, pe.CrossEntropyLoss(), opt, (X, y), epochs=2, batch_size=8, seed=0,
+               verbose=0, distributed=True)
+        out["sync" if sync else "local"] = {
+            "identical": len(set(_allgather(digest(model)))) == 1,
+            "params_identical": len(set(_allgather(_param_digest(model)))) == 1,
+            "type": type(model[1]).__name__}
+    return out
+
+
+def _param_digest(model):
+    h = hashlib.sha256()
+    for _, p in model.named_parameters():
+        h.update(p.data.tobytes())
+    return h.hexdigest()
+
+
 def _bn64():
     bn = pe.BatchNorm2d(3)
     bn.weight = pe.Parameter(np.linspace(0.5, 1.5, 3))
@@ -149,6 +179,7 @@ def main(mode, out):
                 np.savez(os.path.join(out, f"steps-{name}.npz"), **params)
         result["shards"] = shard_check()
         result["bn"] = bn_check()
+        result["fit_bn"] = fit_batchnorm_check()
         if rank == 0:
             with open(os.path.join(out, "core.json"), "w") as f:
                 json.dump(result, f)
