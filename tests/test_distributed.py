@@ -171,6 +171,13 @@ def test_broadcast_covers_buffers_and_sync_batchnorm(core):
     np.testing.assert_allclose(bn["sync_wgrad"], ref.weight.grad / 2, rtol=1e-10)
 
 
+def test_bucketed_allreduce(core):
+    _, result = core
+    b = result["buckets"]
+    assert b["buckets"] == 3  # 256-byte buckets by dtype: f32 [600 B], [800 B]; f64 [56 + 128 B]
+    assert b["mean"] and b["dtypes"] and b["views"]
+
+
 def test_fit_with_batchnorm(core):
     _, result = core
     sync, local = result["fit_bn"]["sync"], result["fit_bn"]["local"]

@@ -106,6 +106,30 @@ def bn_check():
             "sync_wgrad": (dist.allreduce_array(sync.weight.grad.copy()) / world).tolist()}
 
 
+def bucket_check():
+    """Small buckets, float32 + float64 parameters, a replaced .grad: the mean over ranks."""
+    rank, world = dist.rank(), dist.world_size()
+    params = [pe.Parameter(np.zeros((3, 50), np.float32)), pe.Parameter(np.zeros(7)),
+              pe.Parameter(np.zeros(200, np.float32)), pe.Parameter(np.zeros((4, 4)))]
+    reducer = dist.GradientAllreducer(params, bucket_bytes=256)
+    grads = []
+    for i, p in enumerate(params):
+        full = [np.random.default_rng([i, r]).standard_normal(p.shape).astype(p.dtype)
+                for r in range(world)]
+        grads.append(sum(full[1:], full[0]) / world)
+        if i == 2:
+            p.grad = full[rank].copy()  # a replaced array: copied in and re-pointed
+        else:
+            p.grad[...] = full[rank]
+    reducer()
+    return {"buckets": len(reducer.buckets),
+            "mean": all(np.allclose(p.grad, g, rtol=1e-6, atol=1e-7)
+                        for p, g in zip(params, grads)),
+            "dtypes": all(p.grad.dtype == p.data.dtype for p in params),
+            "views": all(any(p.grad is v for _, slots in reducer.buckets for q, v in slots
+                             if q is p) for p in params)}
+
+
 def fit_batchnorm_check():
     """fit(distributed=True) on a BatchNorm model: with SyncBatchNorm the replicas,
     buffers included, stay bitwise identical; plain BatchNorm keeps per-rank statistics."""
@@ -180,6 +204,7 @@ def main(mode, out):
         result["shards"] = shard_check()
         result["bn"] = bn_check()
         result["fit_bn"] = fit_batchnorm_check()
+        result["buckets"] = bucket_check()
         if rank == 0:
             with open(os.path.join(out, "core.json"), "w") as f:
                 json.dump(result, f)
