@@ -487,8 +487,8 @@ def fit(model, loss_fn, optimizer, train, epochs, val=None, batch_size=32, sched
                     loss = float(loss_fn(pred, yb))
                     if not math.isfinite(loss):
                         nonfinite = True
-                        if ddp is None:
-                            break  # (ranks stop together, after agreeing below)
+                        if ddp is None:  # (ranks agree in after_backward, then stop together)
+                            break
                     meter.add(loss, pred, yb)  # before backward, which may reuse pred's buffer
                     optimizer.zero_grad()
                     model.backward(loss_fn.backward(), input_grad=False)

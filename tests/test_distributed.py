@@ -178,6 +178,13 @@ def test_bucketed_allreduce(core):
     assert b["mean"] and b["dtypes"] and b["views"]
 
 
+def test_non_finite_loss_on_one_rank_stops_all(core):
+    _, result = core
+    (reason0, epochs0, digest0), (reason1, epochs1, digest1) = result["nonfinite"]
+    assert reason0 == reason1 == "non-finite loss" and epochs0 == epochs1 == 0
+    assert digest0 == digest1  # the same last good step on both ranks
+
+
 def test_fit_with_batchnorm(core):
     _, result = core
     sync, local = result["fit_bn"]["sync"], result["fit_bn"]["local"]

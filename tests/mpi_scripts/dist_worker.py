@@ -106,6 +106,21 @@ def bn_check():
             "sync_wgrad": (dist.allreduce_array(sync.weight.grad.copy()) / world).tolist()}
 
 
+def nonfinite_check():
+    """A NaN sample reaches one rank only: every rank stops at the same step (no hang)."""
+    import warnings
+
+    X, y = make_data()
+    X[37, 0] = np.nan
+    model = make_model(100)
+    opt = pe.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        history = pe.fit(model, pe.CrossEntropyLoss(), opt, (X, y), epochs=3, batch_size=4,
+                         seed=0, verbose=0, distributed=True)
+    return [history.stop_reason, history.epochs, digest(model)]
+
+
 def bucket_check():
     """Small buckets, float32 + float64 parameters, a replaced .grad: the mean over ranks."""
     rank, world = dist.rank(), dist.world_size()
@@ -205,6 +220,7 @@ def main(mode, out):
         result["bn"] = bn_check()
         result["fit_bn"] = fit_batchnorm_check()
         result["buckets"] = bucket_check()
+        result["nonfinite"] = _allgather(nonfinite_check())
         if rank == 0:
             with open(os.path.join(out, "core.json"), "w") as f:
                 json.dump(result, f)
