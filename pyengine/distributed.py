@@ -128,6 +128,9 @@ def rank():
     return 0 if comm is None else comm.Get_rank()
 
 
+_this_rank = rank  # for code whose argument named `rank` shadows the function
+
+
 def world_size():
     """Number of ranks (1 before :func:`init`)."""
     comm = _state["comm"]
@@ -337,7 +340,7 @@ class DistributedSampler:
                  drop_last=False):
         self.n = int(dataset) if isinstance(dataset, (int, np.integer)) else len(dataset)
         self.num_replicas = world_size() if num_replicas is None else int(num_replicas)
-        self.rank = globals()["rank"]() if rank is None else int(rank)
+        self.rank = _this_rank() if rank is None else int(rank)
         if not 0 <= self.rank < self.num_replicas:
             raise ValueError(f"rank must be in [0, {self.num_replicas}), got {self.rank}")
         self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
