@@ -63,9 +63,24 @@ DEMOS = {
 
 
 def demo_digits(args):
-    """Train the --model architecture on the bundled digits (mlp or lenet5)."""
+    """Train the --model architecture on the bundled digits (mlp or lenet5).
+
+    With --distributed (under ``mpiexec -n N``) the ranks train data-parallel
+    with the same global batch (--batch-size split over the ranks), so the
+    result matches one process; only rank 0 prints and writes the checkpoint.
+    """
     import pyengine as pe
 
+    world, is_main = 1, True
+    if args.distributed:
+        import pyengine.distributed as dist
+
+        _, world = dist.init(num_threads=args.threads)
+        is_main = dist.rank() == 0
+        if args.batch_size % world:
+            raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the "
+                             f"{world} ranks (each rank takes an equal part of every batch)")
+    say = print if is_main else (lambda *a, **k: None)
     pe.manual_seed(args.seed)
     title, arch = DEMOS[args.model]
     (xtr, ytr), (xte, yte) = _split_digits(seed=args.seed)
@@ -79,39 +94,43 @@ def demo_digits(args):
     stopper = pe.EarlyStopping(monitor="val_loss", patience=5)
     checkpoint = pe.Checkpoint(args.checkpoint, monitor="val_loss", extra={
         "arch": arch, "data": {"name": "digits", "seed": args.seed, "test_fraction": 0.2}})
-    print(f"{title} on UCI digits: {len(train[1])} train / {len(val[1])} validation / "
-          f"{len(yte)} test images, {pe.get_num_threads()} thread(s); Adam lr {args.lr}, "
-          "ReduceLROnPlateau, early stopping on val loss")
+    ranks = f"{world} MPI ranks x " if args.distributed else ""
+    say(f"{title} on UCI digits: {len(train[1])} train / {len(val[1])} validation / "
+        f"{len(yte)} test images, {ranks}{pe.get_num_threads()} thread(s); Adam lr {args.lr}, "
+        "ReduceLROnPlateau, early stopping on val loss")
     start = time.perf_counter()
     show_bar = sys.stderr.isatty() or args.progress
     history = pe.fit(model, loss_fn, opt, train, epochs=args.epochs, val=val,
-                     batch_size=args.batch_size, scheduler=scheduler, early_stopping=stopper,
-                     checkpoint=checkpoint, verbose=2 if show_bar else 0)
+                     batch_size=args.batch_size // world, scheduler=scheduler,
+                     early_stopping=stopper, checkpoint=checkpoint, verbose=2 if show_bar else 0,
+                     distributed=args.distributed)
     elapsed = time.perf_counter() - start
     for epoch in range(1, history.epochs + 1):
         if epoch == 1 or epoch % 5 == 0 or epoch == history.epochs:
             e = epoch - 1
-            print(f"epoch {epoch:2d}: train loss {history['loss'][e]:.4f}, train accuracy "
-                  f"{history['accuracy'][e]:.4f}, val loss {history['val_loss'][e]:.4f}, "
-                  f"val accuracy {history['val_accuracy'][e]:.4f}, lr {history['lr'][e]:.2g}")
+            say(f"epoch {epoch:2d}: train loss {history['loss'][e]:.4f}, train accuracy "
+                f"{history['accuracy'][e]:.4f}, val loss {history['val_loss'][e]:.4f}, "
+                f"val accuracy {history['val_accuracy'][e]:.4f}, lr {history['lr'][e]:.2g}")
     if history.stopped_early:
-        print(f"early stopping after epoch {history.epochs}: weights of the best epoch "
-              f"{stopper.best_epoch} (val loss {stopper.best:.4f}) restored")
+        say(f"early stopping after epoch {history.epochs}: weights of the best epoch "
+            f"{stopper.best_epoch} (val loss {stopper.best:.4f}) restored")
     model.eval()
     with pe.no_grad():
         accuracy = float((model(xte).argmax(1) == yte).mean())
-    print(f"test accuracy: {accuracy:.4f} ({len(yte)} held-out images); "
-          f"training took {elapsed:.2f} s")
+    say(f"test accuracy: {accuracy:.4f} ({len(yte)} held-out images); "
+        f"training took {elapsed:.2f} s")
 
+    if not is_main:  # the replicas are identical; rank 0 checks the checkpoint
+        return accuracy
     # reload the best checkpoint into a freshly built model: same predictions
     ckpt = pe.load(args.checkpoint)
     reloaded = build_model(ckpt["arch"]["name"], **ckpt["arch"]["args"])
     reloaded.load_state_dict(ckpt["model"])
     result = pe.evaluate(reloaded, loss_fn, (xte, yte))
-    print(f"checkpoint {args.checkpoint} (epoch {ckpt['epoch']}) reloaded: test accuracy "
-          f"{result['accuracy']:.4f}, test loss {result['loss']:.4f}"
-          f"{'' if result['accuracy'] == accuracy else ' (MISMATCH)'}; "
-          f"evaluate it again with: python -m pyengine eval {args.checkpoint}")
+    say(f"checkpoint {args.checkpoint} (epoch {ckpt['epoch']}) reloaded: test accuracy "
+        f"{result['accuracy']:.4f}, test loss {result['loss']:.4f}"
+        f"{'' if result['accuracy'] == accuracy else ' (MISMATCH)'}; "
+        f"evaluate it again with: python -m pyengine eval {args.checkpoint}")
     return accuracy if result["accuracy"] == accuracy else 0.0
 
 
@@ -192,7 +211,7 @@ def demo_char_lm(args):
 def cmd_demo(args):
     import pyengine as pe
 
-    if args.threads:
+    if args.threads and not args.distributed:
         pe.set_num_threads(args.threads)
     if args.model == "char-lm":
         # success when the model beats a unigram guess by a clear margin
@@ -267,6 +286,9 @@ def main(argv=None):
     demo.add_argument("--batch-size", type=int, default=32)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--threads", type=int, default=None)
+    demo.add_argument("--distributed", action="store_true",
+                      help="data-parallel over MPI ranks: mpiexec -n 2 python -m pyengine "
+                      "demo --distributed (threads per rank default to cores / ranks)")
     demo.add_argument("--progress", action="store_true",
                       help="show the progress bar even when stderr is not a terminal")
     demo.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
