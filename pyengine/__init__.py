@@ -29,3 +29,4 @@ from pyengine.optim import clip_grad_norm_, clip_grad_value_
 from pyengine.data import DataLoader, Subset, TensorDataset, random_split, train_val_split
 from pyengine.training import Checkpoint, EarlyStopping, History, evaluate, fit, predict
 from pyengine.io import load, save
+from pyengine import distributed  # data parallelism over MPI; mpi4py is imported lazily
