@@ -31,3 +31,4 @@ from pyengine.training import Checkpoint, EarlyStopping, History, evaluate, fit,
 from pyengine.io import load, save
 # Debugging
 from pyengine.anomaly import AnomalyError, detect_anomaly, is_anomaly_enabled
+from pyengine import distributed  # data parallelism over MPI; mpi4py is imported lazily
