@@ -38,3 +38,51 @@ cdef extern from *:
     #endif
     """
     const int ENGINE_VECMATH
+
+
+# libm by element type, resolved at compile time for each fused specialisation.
+from cython cimport floating
+from libc.math cimport (exp, expf, log, logf, log1p, log1pf, tanh, tanhf,
+                        erfc, erfcf, fabs, fabsf)
+
+
+cdef inline floating vm_exp(floating v) noexcept nogil:
+    if floating is float:
+        return expf(v)
+    else:
+        return exp(v)
+
+
+cdef inline floating vm_log(floating v) noexcept nogil:
+    if floating is float:
+        return logf(v)
+    else:
+        return log(v)
+
+
+cdef inline floating vm_log1p(floating v) noexcept nogil:
+    if floating is float:
+        return log1pf(v)
+    else:
+        return log1p(v)
+
+
+cdef inline floating vm_tanh(floating v) noexcept nogil:
+    if floating is float:
+        return tanhf(v)
+    else:
+        return tanh(v)
+
+
+cdef inline floating vm_erfc(floating v) noexcept nogil:
+    if floating is float:
+        return erfcf(v)
+    else:
+        return erfc(v)
+
+
+cdef inline floating vm_fabs(floating v) noexcept nogil:
+    if floating is float:
+        return fabsf(v)
+    else:
+        return fabs(v)

@@ -9,14 +9,14 @@ thin Python entries that validate arrays and call the drivers without the GIL.
 import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport (exp, expf, log, logf, log1p, log1pf, tanhf,
-                        erfc, erfcf, fabs, fabsf)
-from libc.math cimport tanh as c_tanh  # `tanh` is the Python entry below
 
 from engine._common cimport (ENGINE_OK, ENGINE_EBADARG, engine_ftz_enter,
                              engine_ftz_exit, ceil_div)
 from engine._threads cimport engine_num_threads
-from engine._vecmath cimport ENGINE_VECMATH
+# libm by element type; importing _vecmath also announces the SIMD variants.
+from engine._vecmath cimport (ENGINE_VECMATH, vm_exp as _exp, vm_log as _log,
+                              vm_log1p as _log1p, vm_tanh as _tanh,
+                              vm_erfc as _erfc, vm_fabs as _fabs)
 from engine._validate import float_array, out_array
 
 # Elements per chunk (and per row group): 64 KiB of float32, large enough to
@@ -39,51 +39,6 @@ cdef enum:
     OP_GELU_TANH
     OP_SOFTMAX
     OP_LOG_SOFTMAX
-
-
-# ---------------------------------------------------------------------------
-# libm by element type (resolved at compile time for each specialisation)
-
-cdef inline floating _exp(floating v) noexcept nogil:
-    if floating is float:
-        return expf(v)
-    else:
-        return exp(v)
-
-
-cdef inline floating _log(floating v) noexcept nogil:
-    if floating is float:
-        return logf(v)
-    else:
-        return log(v)
-
-
-cdef inline floating _log1p(floating v) noexcept nogil:
-    if floating is float:
-        return log1pf(v)
-    else:
-        return log1p(v)
-
-
-cdef inline floating _tanh(floating v) noexcept nogil:
-    if floating is float:
-        return tanhf(v)
-    else:
-        return c_tanh(v)
-
-
-cdef inline floating _erfc(floating v) noexcept nogil:
-    if floating is float:
-        return erfcf(v)
-    else:
-        return erfc(v)
-
-
-cdef inline floating _fabs(floating v) noexcept nogil:
-    if floating is float:
-        return fabsf(v)
-    else:
-        return fabs(v)
 
 
 cdef inline floating _sigmoid(floating v) noexcept nogil:

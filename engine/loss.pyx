@@ -8,7 +8,6 @@ loss is bitwise identical for any thread count.
 import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport exp, expf, log, logf, log1p, log1pf, fabs, fabsf
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 
@@ -16,7 +15,9 @@ from engine._common cimport (ENGINE_OK, ENGINE_EBADARG, ENGINE_ENOMEM,
                              ENGINE_EINDEX, engine_ftz_enter, engine_ftz_exit,
                              ceil_div)
 from engine._threads cimport engine_num_threads
-from engine._vecmath cimport ENGINE_VECMATH  # noqa: F401 (SIMD exp/log1p declarations)
+# libm by element type; importing _vecmath also announces the SIMD variants.
+from engine._vecmath cimport (ENGINE_VECMATH, vm_exp as _exp, vm_log as _log,  # noqa: F401
+                              vm_log1p as _log1p, vm_fabs as _fabs)
 from engine.activation cimport row_max, row_sum
 from engine._validate import float_array, out_array
 
@@ -24,32 +25,8 @@ from engine._validate import float_array, out_array
 cdef Py_ssize_t _CHUNK = 16384
 
 
-cdef inline floating _exp(floating v) noexcept nogil:
-    if floating is float:
-        return expf(v)
-    else:
-        return exp(v)
 
 
-cdef inline floating _log(floating v) noexcept nogil:
-    if floating is float:
-        return logf(v)
-    else:
-        return log(v)
-
-
-cdef inline floating _log1p(floating v) noexcept nogil:
-    if floating is float:
-        return log1pf(v)
-    else:
-        return log1p(v)
-
-
-cdef inline floating _fabs(floating v) noexcept nogil:
-    if floating is float:
-        return fabsf(v)
-    else:
-        return fabs(v)
 
 
 cdef inline floating _sum_lse_minus(const floating* x, const floating* w,
