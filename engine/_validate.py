@@ -1,7 +1,9 @@
 """Thin argument checking shared by the Python entries of every kernel family.
 
 Conversions are documented and never silent misreads:
-- float32 and float64 arrays are used as they are when C-contiguous;
+- float32 and float64 arrays are used as they are when C-contiguous, and so
+  is any other object exposing such a buffer (array.array('f'), memoryview,
+  ...): no copy;
   a non-contiguous array is copied to a C-contiguous one.
 - any other dtype (float16, integers, bool, object) is rejected with TypeError.
 """
@@ -45,7 +47,15 @@ def out_array(out, name, shape, dtype):
     if out is None:
         return np.empty(shape, dtype=dtype)
     if not isinstance(out, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, got {type(out).__name__}")
+        # Any buffer (array.array, memoryview, ...) is written through a view.
+        try:
+            view = memoryview(out)
+        except TypeError:
+            raise TypeError(f"{name} must be a numpy array or a writeable buffer, "
+                            f"got {type(out).__name__}") from None
+        if view.readonly:
+            raise ValueError(f"{name} must be a writeable C-contiguous array")
+        out = np.asarray(view)
     if out.dtype != dtype:
         raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {out.dtype}")
     if out.shape != tuple(shape):
