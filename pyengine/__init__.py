@@ -24,3 +24,5 @@ from pyengine.optim import clip_grad_norm_, clip_grad_value_
 from pyengine.norm import BatchNorm1d, BatchNorm2d
 from pyengine.dropout import Dropout
 from pyengine.conv import Conv2d
+from pyengine.interop import from_torch, to_torch_state_dict
+from pyengine.onnx_export import export_onnx
