@@ -46,9 +46,11 @@ cdef int softplus_forward(const floating* x, floating* y, Py_ssize_t n,
 cdef int softplus_backward(const floating* x, const floating* dy, floating* dx,
                            Py_ssize_t n, double beta, double threshold) noexcept nogil
 
-# GELU: y = x Phi(x) with the exact normal CDF (erf) when approximate_tanh is
-# false, torch's tanh approximation 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-# when true.  Backward from the input x.
+# GELU: y = x Phi(x) with the exact normal CDF (computed as erfc(-x/sqrt 2)/2)
+# when approximate_tanh is false, torch's tanh approximation
+# 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) when true (computed as
+# x sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)), the same function without the
+# cancellation of 1 + tanh for negative x).  Backward from the input x.
 cdef int gelu_forward(const floating* x, floating* y, Py_ssize_t n,
                       bint approximate_tanh) noexcept nogil
 cdef int gelu_backward(const floating* x, const floating* dy, floating* dx,

@@ -10,12 +10,13 @@ import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport (exp, expf, log, logf, log1p, log1pf, tanhf,
-                        erf, erff, fabs, fabsf)
+                        erfc, erfcf, fabs, fabsf)
 from libc.math cimport tanh as c_tanh  # `tanh` is the Python entry below
 
 from engine._common cimport (ENGINE_OK, ENGINE_EBADARG, engine_ftz_enter,
                              engine_ftz_exit, ceil_div)
 from engine._threads cimport engine_num_threads
+from engine._vecmath cimport ENGINE_VECMATH
 from engine._validate import float_array, out_array
 
 # Elements per chunk (and per row group): 64 KiB of float32, large enough to
@@ -71,11 +72,11 @@ cdef inline floating _tanh(floating v) noexcept nogil:
         return c_tanh(v)
 
 
-cdef inline floating _erf(floating v) noexcept nogil:
+cdef inline floating _erfc(floating v) noexcept nogil:
     if floating is float:
-        return erff(v)
+        return erfcf(v)
     else:
-        return erf(v)
+        return erfc(v)
 
 
 cdef inline floating _fabs(floating v) noexcept nogil:
@@ -116,40 +117,48 @@ cdef floating row_sum(const floating* x, Py_ssize_t n) noexcept nogil:
     return s
 
 
+cdef extern from *:
+    """
+    /* Row maximum as an OpenMP SIMD max-reduction: GCC does not vectorise the
+       compare-and-select loop by itself (NaN ordering), and the result does
+       not depend on the order (a NaN entry may be skipped; it still poisons
+       the row through exp(x - max)). Serial without OpenMP: same value. */
+    static inline float engine_row_max_f(const float* x, Py_ssize_t n) {
+        float m = x[0];
+        #pragma omp simd reduction(max:m)
+        for (Py_ssize_t i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
+        return m;
+    }
+    static inline double engine_row_max_d(const double* x, Py_ssize_t n) {
+        double m = x[0];
+        #pragma omp simd reduction(max:m)
+        for (Py_ssize_t i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
+        return m;
+    }
+    """
+    float engine_row_max_f(const float* x, Py_ssize_t n) noexcept nogil
+    double engine_row_max_d(const double* x, Py_ssize_t n) noexcept nogil
+
+
 cdef floating row_max(const floating* x, Py_ssize_t n) noexcept nogil:
-    cdef floating acc[16]
-    cdef floating m = x[0]
-    cdef Py_ssize_t i, j, n16 = n - n % 16
-    if n16 > 0:
-        for j in range(16):
-            acc[j] = x[j]
-        for i in range(16, n16, 16):
-            for j in range(16):
-                acc[j] = x[i + j] if x[i + j] > acc[j] else acc[j]
-        for j in range(16):
-            m = acc[j] if acc[j] > m else m
-    for i in range(n16, n):
-        m = x[i] if x[i] > m else m
-    return m
+    if floating is float:
+        return engine_row_max_f(x, n)
+    else:
+        return engine_row_max_d(x, n)
 
 
 cdef inline floating _row_sum_exp(const floating* x, floating shift,
                                   Py_ssize_t n) noexcept nogil:
-    cdef floating acc[16]
-    cdef floating s
-    cdef Py_ssize_t i, j, n16 = n - n % 16
-    for j in range(16):
-        acc[j] = 0
-    for i in range(0, n16, 16):
-        for j in range(16):
-            acc[j] += _exp(x[i + j] - shift)
-    for j in range(8):
-        acc[j] += acc[j + 8]
-    for j in range(4):
-        acc[j] += acc[j + 4]
-    s = (acc[0] + acc[2]) + (acc[1] + acc[3])
-    for i in range(n16, n):
-        s += _exp(x[i] - shift)
+    """sum(exp(x - shift)) in blocks of 256: the exp loop vectorises (it
+    calls the SIMD exp), the block sum uses row_sum's fixed order."""
+    cdef floating buf[256]
+    cdef floating s = 0
+    cdef Py_ssize_t lo, j, m
+    for lo in range(0, n, 256):
+        m = min(256, n - lo)
+        for j in range(m):
+            buf[j] = _exp(x[lo + j] - shift)
+        s += row_sum(buf, m)
     return s
 
 
@@ -204,14 +213,18 @@ cdef void _forward_chunk(int op, const floating* x, floating* y, Py_ssize_t n,
             t = ((z if z > 0 else 0) + _log1p(_exp(-_fabs(z)))) / p0
             y[i] = v if z > p1 else t
     elif op == OP_GELU:
+        # Phi(x) = erfc(-x / sqrt 2) / 2: 1 + erf(x / sqrt 2) would cancel
+        # for negative x (all digits lost in float32 below x = -4).
         for i in range(n):
             v = x[i]
-            y[i] = v * <floating>0.5 * (1 + _erf(v * <floating>_SQRT1_2))
+            y[i] = v * <floating>0.5 * _erfc(-v * <floating>_SQRT1_2)
     elif op == OP_GELU_TANH:
+        # 0.5 x (1 + tanh(z)) = x sigmoid(2 z), without the cancellation of
+        # 1 + tanh(z) for negative z.
         for i in range(n):
             v = x[i]
-            z = <floating>_SQRT_2_PI * (v + <floating>_GELU_KAPPA * v * v * v)
-            y[i] = <floating>0.5 * v * (1 + _tanh(z))
+            z = 2 * <floating>_SQRT_2_PI * (v + <floating>_GELU_KAPPA * v * v * v)
+            y[i] = v * _sigmoid(z)
 
 
 cdef void _backward_chunk(int op, const floating* a, const floating* dy,
@@ -219,7 +232,7 @@ cdef void _backward_chunk(int op, const floating* a, const floating* dy,
                           floating p0, floating p1) noexcept nogil:
     # `a` is the forward output y (relu, sigmoid, tanh) or input x (the rest).
     cdef Py_ssize_t i
-    cdef floating v, z, t, cdf, pdf, x2, inner_d
+    cdef floating v, z, t, e, r, s, sc, cdf, pdf, x2
     if op == OP_RELU:
         for i in range(n):
             dx[i] = dy[i] if a[i] > 0 else 0
@@ -243,18 +256,23 @@ cdef void _backward_chunk(int op, const floating* a, const floating* dy,
         # d/dx x Phi(x) = Phi(x) + x phi(x)
         for i in range(n):
             v = a[i]
-            cdf = <floating>0.5 * (1 + _erf(v * <floating>_SQRT1_2))
+            cdf = <floating>0.5 * _erfc(-v * <floating>_SQRT1_2)
             pdf = <floating>_INV_SQRT_2PI * _exp(<floating>-0.5 * v * v)
             dx[i] = dy[i] * (cdf + v * pdf)
     elif op == OP_GELU_TANH:
-        # torch's formula: 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 kappa x^2)
+        # y = x s, s = sigmoid(z), z = 2 sqrt(2/pi) (x + kappa x^3):
+        # dy/dx = s + x s (1 - s) dz/dx (torch's tanh formula rewritten with
+        # s = (1 + tanh) / 2; s and 1 - s both from one exp, no cancellation).
         for i in range(n):
             v = a[i]
             x2 = v * v
-            t = _tanh(<floating>_SQRT_2_PI * (v + <floating>_GELU_KAPPA * x2 * v))
-            inner_d = <floating>_SQRT_2_PI * (1 + 3 * <floating>_GELU_KAPPA * x2)
-            dx[i] = dy[i] * (<floating>0.5 * (1 + t)
-                             + <floating>0.5 * v * (1 - t * t) * inner_d)
+            z = 2 * <floating>_SQRT_2_PI * (v + <floating>_GELU_KAPPA * x2 * v)
+            e = _exp(-_fabs(z))
+            r = 1 / (1 + e)
+            s = r if z >= 0 else e * r
+            sc = e * r if z >= 0 else r
+            dx[i] = dy[i] * (s + v * s * sc * 2 * <floating>_SQRT_2_PI
+                             * (1 + 3 * <floating>_GELU_KAPPA * x2))
 
 
 cdef void _rows_chunk(int op, bint backward, const floating* a,
@@ -490,6 +508,11 @@ def _apply(int op, a, dy, out, double p0=0, double p1=0, bint rows=False,
     if rc != ENGINE_OK:
         raise ValueError(f"activation kernel rejected its arguments (code {rc})")
     return out
+
+
+def vector_math_enabled():
+    """True when exp/log1p/tanh/erfc loops call glibc's SIMD variants (libmvec)."""
+    return bool(ENGINE_VECMATH)
 
 
 def relu(x, out=None):

@@ -23,6 +23,9 @@ from engine._validate import float_array, out_array, check_blas_size
 # stays large; 1-thread sgemm drops from ~100 to ~75 GFLOPS below a few
 # hundred columns (PERFORMANCE.md; oneDNN uses 512 output pixels as its cut).
 cdef Py_ssize_t _MIN_GEMM_COLS = 256
+# im2col: a single image's columns are unfolded and multiplied in tiles of
+# output rows holding at most this many elements (512 KB of float32).
+cdef Py_ssize_t _COL_TILE_ELEMS = 128 * 1024
 # Weight-gradient chunks: at most this many private dW partials, each worth at
 # least this many FLOPs (the chunk count depends on the shapes only).
 cdef Py_ssize_t _DW_MAX_CHUNKS = 8
@@ -149,11 +152,13 @@ cdef void _bias_grad(const Conv2dParams* p, const floating* dy, floating* db,
 # -- im2col / col2im for one image --------------------------------------------
 
 cdef void _im2col_image(const Conv2dParams* p, const floating* x, Py_ssize_t nch,
-                        floating* col, Py_ssize_t ldc) noexcept nogil:
+                        floating* col, Py_ssize_t ldc, Py_ssize_t oh0,
+                        Py_ssize_t oh1) noexcept nogil:
     """Unfold `nch` channel planes of one image into rows of `col` (stride ldc).
 
-    Row (c, i, j) holds x[c, oh*sh + i*dh - ph, ow*sw + j*dw - pw] for every
-    output pixel (zeros where that falls in the padding).
+    Row (c, i, j) holds x[c, oh*sh + i*dh - ph, ow*sw + j*dw - pw] for the
+    output pixels of rows oh0 <= oh < oh1 (zeros where that falls in the
+    padding).
     """
     cdef Py_ssize_t H = p.H, W = p.W, OH = p.OH, OW = p.OW
     cdef Py_ssize_t c, i, j, oh, ow, ih, off, lo, hi, sw = p.sw
@@ -165,16 +170,19 @@ cdef void _im2col_image(const Conv2dParams* p, const floating* x, Py_ssize_t nch
                 dst = col + ((c * p.kh + i) * p.kw + j) * ldc
                 off = j * p.dw - p.pw
                 _valid_range(off, sw, W, OW, &lo, &hi)
-                for oh in range(OH):
+                # Plain loops, no memcpy/memset calls: rows are often short.
+                for oh in range(oh0, oh1):
                     ih = oh * p.sh + i * p.dh - p.ph
                     if ih < 0 or ih >= H or lo >= hi:
-                        memset(dst, 0, OW * sizeof(floating))
+                        for ow in range(OW):
+                            dst[ow] = 0
                     else:
                         for ow in range(lo):
                             dst[ow] = 0
                         src = x + (c * H + ih) * W + lo * sw + off
                         if sw == 1:
-                            memcpy(dst + lo, src, (hi - lo) * sizeof(floating))
+                            for ow in range(hi - lo):
+                                dst[lo + ow] = src[ow]
                         else:
                             for ow in range(hi - lo):
                                 dst[lo + ow] = src[ow * sw]
@@ -184,20 +192,21 @@ cdef void _im2col_image(const Conv2dParams* p, const floating* x, Py_ssize_t nch
 
 
 cdef void _col2im_image(const Conv2dParams* p, const floating* col,
-                        Py_ssize_t ldc, Py_ssize_t nch, floating* dx) noexcept nogil:
-    """dx[c] = sum of the column entries that _im2col_image read from each pixel."""
+                        Py_ssize_t ldc, Py_ssize_t nch, floating* dx,
+                        Py_ssize_t oh0, Py_ssize_t oh1) noexcept nogil:
+    """dx[c] += the column entries (output rows oh0..oh1) _im2col_image read
+    from each pixel."""
     cdef Py_ssize_t H = p.H, W = p.W, OH = p.OH, OW = p.OW
     cdef Py_ssize_t c, i, j, oh, ow, ih, off, lo, hi, sw = p.sw
     cdef const floating* src
     cdef floating* dst
-    memset(dx, 0, nch * H * W * sizeof(floating))
     for c in range(nch):
         for i in range(p.kh):
             for j in range(p.kw):
                 src = col + ((c * p.kh + i) * p.kw + j) * ldc
                 off = j * p.dw - p.pw
                 _valid_range(off, sw, W, OW, &lo, &hi)
-                for oh in range(OH):
+                for oh in range(oh0, oh1):
                     ih = oh * p.sh + i * p.dh - p.ph
                     if ih >= 0 and ih < H and lo < hi:
                         dst = dx + (c * H + ih) * W + lo * sw + off
@@ -216,7 +225,7 @@ cdef int im2col_batch(Conv2dParams p, const floating* x, floating* cols) noexcep
     if err:
         return err
     for n in prange(p.N, schedule='static', num_threads=engine_num_threads()):
-        _im2col_image(&p, x + n * p.C * p.H * p.W, p.C, cols + n * R * P, P)
+        _im2col_image(&p, x + n * p.C * p.H * p.W, p.C, cols + n * R * P, P, 0, p.OH)
     return ENGINE_OK
 
 
@@ -228,7 +237,8 @@ cdef int col2im_batch(Conv2dParams p, const floating* cols, floating* dx) noexce
         return err
     for n in prange(p.N, schedule='static', num_threads=engine_num_threads()):
         old = engine_ftz_enter()
-        _col2im_image(&p, cols + n * R * P, P, p.C, dx + n * p.C * p.H * p.W)
+        memset(dx + n * p.C * p.H * p.W, 0, p.C * p.H * p.W * sizeof(floating))
+        _col2im_image(&p, cols + n * R * P, P, p.C, dx + n * p.C * p.H * p.W, 0, p.OH)
         engine_ftz_exit(old)
     return ENGINE_OK
 
@@ -246,12 +256,31 @@ cdef inline Py_ssize_t _images_per_item(const Conv2dParams* p) noexcept nogil:
     return B if B < p.N else p.N
 
 
+cdef inline Py_ssize_t _tile_rows(const Conv2dParams* p, Py_ssize_t nb) noexcept nogil:
+    """Output rows per column tile of a single-image item (all rows if nb > 1).
+
+    The unfolded columns of a tile stay within _COL_TILE_ELEMS, so they are
+    still in L2 when the GEMM packs them (a whole VGG 64-channel 32x32 image
+    unfolds to 2.4 MB).
+    """
+    cdef Py_ssize_t R = (p.C // p.groups) * p.kh * p.kw, rows, ntiles
+    if nb > 1 or _is_pointwise(p):
+        return p.OH
+    rows = _COL_TILE_ELEMS // (R * p.OW)
+    if rows < 1:
+        rows = 1
+    if rows >= p.OH:
+        return p.OH
+    ntiles = ceil_div(p.OH, rows)
+    return ceil_div(p.OH, ntiles)       # equal tiles
+
+
 cdef void _unfold_item(const Conv2dParams* p, const floating* x, Py_ssize_t n0,
                        Py_ssize_t nb, Py_ssize_t g, floating* col) noexcept nogil:
     cdef Py_ssize_t b, Cg = p.C // p.groups, P = p.OH * p.OW
     for b in range(nb):
         _im2col_image(p, x + ((n0 + b) * p.C + g * Cg) * p.H * p.W, Cg,
-                      col + b * P, nb * P)
+                      col + b * P, nb * P, 0, p.OH)
 
 
 cdef const floating* _gather_dy(const Conv2dParams* p, const floating* dy,
@@ -280,12 +309,8 @@ cdef void _im2col_forward_item(const Conv2dParams* p, const floating* x,
     cdef floating* yk
     cdef const floating* src
     cdef floating bk
+    cdef Py_ssize_t rows = _tile_rows(p, nb), oh0, nr
     for g in range(p.groups):
-        if nb == 1 and _is_pointwise(p):
-            cols = x + (n0 * p.C + g * Cg) * p.H * p.W
-        else:
-            _unfold_item(p, x, n0, nb, g, col)
-            cols = col
         if nb == 1:
             # Bias first, then GEMM with beta = 1 adds the product onto it.
             yk = y + (n0 * p.K + g * Kg) * P
@@ -294,10 +319,22 @@ cdef void _im2col_forward_item(const Conv2dParams* p, const floating* x,
                     bk = bias[g * Kg + k]
                     for q in range(P):
                         yk[k * P + q] = bk
-            _gemm(par, False, False, Kg, P, R, w + g * Kg * R, R, cols, P,
-                  1 if bias != NULL else 0, yk, P)
+            if _is_pointwise(p):
+                _gemm(par, False, False, Kg, P, R, w + g * Kg * R, R,
+                      x + (n0 * p.C + g * Cg) * p.H * p.W, P,
+                      1 if bias != NULL else 0, yk, P)
+                continue
+            oh0 = 0
+            while oh0 < p.OH:
+                nr = min(rows, p.OH - oh0)
+                _im2col_image(p, x + (n0 * p.C + g * Cg) * p.H * p.W, Cg, col,
+                              nr * p.OW, oh0, oh0 + nr)
+                _gemm(par, False, False, Kg, nr * p.OW, R, w + g * Kg * R, R,
+                      col, nr * p.OW, 1 if bias != NULL else 0, yk + oh0 * p.OW, P)
+                oh0 += nr
         else:
-            _gemm(par, False, False, Kg, ld, R, w + g * Kg * R, R, cols, ld,
+            _unfold_item(p, x, n0, nb, g, col)
+            _gemm(par, False, False, Kg, ld, R, w + g * Kg * R, R, col, ld,
                   0, tmp, ld)
             for b in range(nb):
                 for k in range(Kg):
@@ -317,15 +354,30 @@ cdef void _im2col_backward_input_item(const Conv2dParams* p, const floating* w,
     cdef Py_ssize_t R = Cg * p.kh * p.kw, P = p.OH * p.OW, ld = nb * P
     cdef Py_ssize_t g, b, HW = p.H * p.W
     cdef const floating* dyg
+    cdef Py_ssize_t rows = _tile_rows(p, nb), oh0, nr
+    cdef floating* dxg
     for g in range(p.groups):
         dyg = _gather_dy(p, dy, n0, nb, g, tmp)
         if nb == 1 and _is_pointwise(p):
             _gemm(par, True, False, Cg, P, Kg, w + g * Kg * R, R, dyg, P, 0,
                   dx + (n0 * p.C + g * Cg) * HW, P)
             continue
+        for b in range(nb):
+            memset(dx + ((n0 + b) * p.C + g * Cg) * HW, 0, Cg * HW * sizeof(floating))
+        if nb == 1:
+            dxg = dx + (n0 * p.C + g * Cg) * HW
+            oh0 = 0
+            while oh0 < p.OH:
+                nr = min(rows, p.OH - oh0)
+                _gemm(par, True, False, R, nr * p.OW, Kg, w + g * Kg * R, R,
+                      dyg + oh0 * p.OW, P, 0, dcol, nr * p.OW)
+                _col2im_image(p, dcol, nr * p.OW, Cg, dxg, oh0, oh0 + nr)
+                oh0 += nr
+            continue
         _gemm(par, True, False, R, ld, Kg, w + g * Kg * R, R, dyg, ld, 0, dcol, ld)
         for b in range(nb):
-            _col2im_image(p, dcol + b * P, ld, Cg, dx + ((n0 + b) * p.C + g * Cg) * HW)
+            _col2im_image(p, dcol + b * P, ld, Cg, dx + ((n0 + b) * p.C + g * Cg) * HW,
+                          0, p.OH)
 
 
 cdef void _im2col_backward_weight_item(const Conv2dParams* p, const floating* x,
@@ -335,25 +387,45 @@ cdef void _im2col_backward_weight_item(const Conv2dParams* p, const floating* x,
                                        bint par) noexcept nogil:
     cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
     cdef Py_ssize_t R = Cg * p.kh * p.kw, P = p.OH * p.OW, ld = nb * P
-    cdef Py_ssize_t g
+    cdef Py_ssize_t g, rows = _tile_rows(p, nb), oh0, nr
     cdef const floating* cols
     cdef const floating* dyg
     for g in range(p.groups):
-        if nb == 1 and _is_pointwise(p):
+        dyg = _gather_dy(p, dy, n0, nb, g, tmp)
+        if nb == 1 and not _is_pointwise(p):
+            # dW_g[Kg, R] (+)= dY_g[:, tile] @ cols_tile^T, tile by tile
+            oh0 = 0
+            while oh0 < p.OH:
+                nr = min(rows, p.OH - oh0)
+                _im2col_image(p, x + (n0 * p.C + g * Cg) * p.H * p.W, Cg, col,
+                              nr * p.OW, oh0, oh0 + nr)
+                _gemm(par, False, True, Kg, R, nr * p.OW, dyg + oh0 * p.OW, P,
+                      col, nr * p.OW, 0 if first and oh0 == 0 else 1,
+                      dw_part + g * Kg * R, R)
+                oh0 += nr
+            continue
+        if nb == 1:
             cols = x + (n0 * p.C + g * Cg) * p.H * p.W
         else:
             _unfold_item(p, x, n0, nb, g, col)
             cols = col
-        dyg = _gather_dy(p, dy, n0, nb, g, tmp)
         # dW_g[Kg, R] (+)= dY_g[Kg, ld] @ cols[R, ld]^T
         _gemm(par, False, True, Kg, R, ld, dyg, ld, cols, ld,
               0 if first else 1, dw_part + g * Kg * R, R)
 
 
+cdef inline Py_ssize_t _col_size(const Conv2dParams* p, Py_ssize_t B) noexcept nogil:
+    """Elements of a column buffer: B whole images, or one tile of one image."""
+    cdef Py_ssize_t R = (p.C // p.groups) * p.kh * p.kw
+    if B > 1:
+        return R * B * p.OH * p.OW
+    return R * _tile_rows(p, 1) * p.OW
+
+
 cdef inline Py_ssize_t _workspace_size(const Conv2dParams* p, Py_ssize_t B) noexcept nogil:
     """Per-thread elements: a column buffer and (when batching) a (Kg, B*P) buffer."""
-    cdef Py_ssize_t R = (p.C // p.groups) * p.kh * p.kw, P = p.OH * p.OW
-    return R * B * P + ((p.K // p.groups) * B * P if B > 1 else 0)
+    cdef Py_ssize_t P = p.OH * p.OW
+    return _col_size(p, B) + ((p.K // p.groups) * B * P if B > 1 else 0)
 
 
 cdef int conv2d_im2col_forward(Conv2dParams p, const floating* x,
@@ -378,7 +450,7 @@ cdef int conv2d_im2col_forward(Conv2dParams p, const floating* x,
     if items == 1:
         # One GEMM per group: split its columns across threads instead.
         old = engine_ftz_enter()
-        _im2col_forward_item(&p, x, w, b, y, 0, p.N, ws, ws + R * B * p.OH * p.OW, True)
+        _im2col_forward_item(&p, x, w, b, y, 0, p.N, ws, ws + _col_size(&p, B), True)
         engine_ftz_exit(old)
     else:
         with parallel(num_threads=nthreads):
@@ -388,7 +460,7 @@ cdef int conv2d_im2col_forward(Conv2dParams p, const floating* x,
                 n0 = it * B
                 nb = min(B, p.N - n0)
                 _im2col_forward_item(&p, x, w, b, y, n0, nb, mine,
-                                     mine + R * B * p.OH * p.OW, False)
+                                     mine + _col_size(&p, B), False)
             engine_ftz_exit(old)
     free(ws)
     return ENGINE_OK
@@ -416,7 +488,7 @@ cdef int conv2d_im2col_backward_input(Conv2dParams p, const floating* w,
     if items == 1:
         old = engine_ftz_enter()
         _im2col_backward_input_item(&p, w, dy, dx, 0, p.N, ws,
-                                    ws + R * B * p.OH * p.OW, True)
+                                    ws + _col_size(&p, B), True)
         engine_ftz_exit(old)
     else:
         with parallel(num_threads=nthreads):
@@ -426,7 +498,7 @@ cdef int conv2d_im2col_backward_input(Conv2dParams p, const floating* w,
                 n0 = it * B
                 nb = min(B, p.N - n0)
                 _im2col_backward_input_item(&p, w, dy, dx, n0, nb, mine,
-                                            mine + R * B * p.OH * p.OW, False)
+                                            mine + _col_size(&p, B), False)
             engine_ftz_exit(old)
     free(ws)
     return ENGINE_OK
@@ -477,7 +549,7 @@ cdef int conv2d_im2col_backward_weight(Conv2dParams p, const floating* x,
         for it in range(items):
             n0 = it * B
             _im2col_backward_weight_item(&p, x, dy, parts, it == 0, n0,
-                                         min(B, p.N - n0), ws, ws + R * B * P, True)
+                                         min(B, p.N - n0), ws, ws + _col_size(&p, B), True)
         engine_ftz_exit(old)
     else:
         with parallel(num_threads=nthreads):
@@ -490,7 +562,7 @@ cdef int conv2d_im2col_backward_weight(Conv2dParams p, const floating* x,
                     nb = min(B, p.N - n0)
                     _im2col_backward_weight_item(&p, x, dy, parts + c * wsize,
                                                  it == c * items // nchunks, n0, nb,
-                                                 mine, mine + R * B * P, False)
+                                                 mine, mine + _col_size(&p, B), False)
             engine_ftz_exit(old)
     _reduce_partials(parts, nchunks, wsize, dw, accumulate)
     free(parts)
@@ -1325,7 +1397,15 @@ cdef int _col2im(Conv2dParams p, floating[:, :, ::1] cols, floating[:, :, :, ::1
 
 
 
-def _set_min_gemm_cols(n):
-    """Tuning hook (benchmarks only): images are batched until a GEMM has n columns."""
-    global _MIN_GEMM_COLS
-    _MIN_GEMM_COLS = int(n)
+def _set_tuning(min_gemm_cols=None, col_tile_elems=None):
+    """Tests and benchmarks only: change the im2col batching / tiling sizes.
+
+    Returns the previous values as a dict (pass it back to restore).
+    """
+    global _MIN_GEMM_COLS, _COL_TILE_ELEMS
+    old = dict(min_gemm_cols=_MIN_GEMM_COLS, col_tile_elems=_COL_TILE_ELEMS)
+    if min_gemm_cols is not None:
+        _MIN_GEMM_COLS = max(1, int(min_gemm_cols))
+    if col_tile_elems is not None:
+        _COL_TILE_ELEMS = max(1, int(col_tile_elems))
+    return old

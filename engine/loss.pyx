@@ -16,6 +16,7 @@ from engine._common cimport (ENGINE_OK, ENGINE_EBADARG, ENGINE_ENOMEM,
                              ENGINE_EINDEX, engine_ftz_enter, engine_ftz_exit,
                              ceil_div)
 from engine._threads cimport engine_num_threads
+from engine._vecmath cimport ENGINE_VECMATH  # noqa: F401 (SIMD exp/log1p declarations)
 from engine.activation cimport row_max, row_sum
 from engine._validate import float_array, out_array
 
@@ -338,46 +339,67 @@ cdef enum:
     LOSS_BCE
 
 
-cdef inline floating _elem_loss(int kind, const floating* x, const floating* y,
-                                const floating* w, const floating* pw,
-                                Py_ssize_t k) noexcept nogil:
-    cdef floating d, tail, v
+cdef void _elem_loss_block(int kind, const floating* x, const floating* y,
+                           const floating* w, const floating* pw,
+                           Py_ssize_t n, floating* out) noexcept nogil:
+    """out[k] = loss of element k. One branch-free loop per variant, so each
+    vectorises (the SIMD exp/log1p are called from the BCE loops)."""
+    cdef Py_ssize_t k
+    cdef floating d, tail
     if kind == LOSS_MSE:
-        d = x[k] - y[k]
-        return d * d
+        for k in range(n):
+            d = x[k] - y[k]
+            out[k] = d * d
+        return
     # (1 - y) softplus(x) + pos_weight y softplus(-x): two non-negative terms,
     # so no cancellation (torch's (1 - y) x + l softplus(-x) rounds e.g.
     # x = -50, y = 0 to 0 in float32); softplus(+-x) = max(+-x, 0) + log1p(exp(-|x|)).
-    d = x[k]
-    tail = _log1p(_exp(-_fabs(d)))
-    v = (1 - y[k]) * ((d if d > 0 else 0) + tail)
-    v += (y[k] if pw == NULL else pw[k] * y[k]) * ((-d if d < 0 else 0) + tail)
-    return v if w == NULL else v * w[k]
+    if pw == NULL:
+        for k in range(n):
+            d = x[k]
+            tail = _log1p(_exp(-_fabs(d)))
+            out[k] = ((1 - y[k]) * ((d if d > 0 else 0) + tail)
+                      + y[k] * ((-d if d < 0 else 0) + tail))
+    else:
+        for k in range(n):
+            d = x[k]
+            tail = _log1p(_exp(-_fabs(d)))
+            out[k] = ((1 - y[k]) * ((d if d > 0 else 0) + tail)
+                      + pw[k] * y[k] * ((-d if d < 0 else 0) + tail))
+    if w != NULL:
+        for k in range(n):
+            out[k] *= w[k]
+
+
+cdef double _sum_double(const floating* v, Py_ssize_t n) noexcept nogil:
+    """Sum in double with 8 partial sums (vectorises; order fixed by n)."""
+    cdef double acc[8]
+    cdef Py_ssize_t i, j, n8 = n - n % 8
+    for j in range(8):
+        acc[j] = 0
+    for i in range(0, n8, 8):
+        for j in range(8):
+            acc[j] += v[i + j]
+    for i in range(n8, n):
+        acc[i - n8] += v[i]
+    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
 
 
 cdef double _elem_forward_chunk(int kind, const floating* x, const floating* y,
                                 const floating* w, const floating* pw,
                                 Py_ssize_t n, floating* loss) noexcept nogil:
-    """Loss of n elements into loss[] (if not NULL); returns their sum
-    (8 partial sums in double, fixed order)."""
-    cdef double acc[8]
-    cdef double s
-    cdef Py_ssize_t i, j, k, n8 = n - n % 8
-    cdef floating v
-    for j in range(8):
-        acc[j] = 0
-    for i in range(0, n8, 8):
-        for j in range(8):
-            v = _elem_loss(kind, x, y, w, pw, i + j)
-            if loss != NULL:
-                loss[i + j] = v
-            acc[j] += v
-    for k in range(n8, n):
-        v = _elem_loss(kind, x, y, w, pw, k)
-        if loss != NULL:
-            loss[k] = v
-        acc[k - n8] += v
-    s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+    """Loss of n elements into loss[] (if not NULL); returns their sum,
+    taken per block of 256 in a fixed order."""
+    cdef floating buf[256]
+    cdef floating* dst
+    cdef double s = 0
+    cdef Py_ssize_t lo, m
+    for lo in range(0, n, 256):
+        m = min(256, n - lo)
+        dst = (loss + lo) if loss != NULL else buf
+        _elem_loss_block(kind, x + lo, y + lo, (w + lo) if w != NULL else NULL,
+                         (pw + lo) if pw != NULL else NULL, m, dst)
+        s += _sum_double(<const floating*>dst, m)
     return s
 
 
@@ -385,24 +407,31 @@ cdef void _elem_backward_chunk(int kind, const floating* x, const floating* y,
                                const floating* w, const floating* pw,
                                Py_ssize_t n, const floating* grad,
                                floating scale, floating* dx) noexcept nogil:
+    """dx = d loss / d x * scale (* grad); one branch-free loop per variant."""
     cdef Py_ssize_t k
-    cdef floating g, e, r, sig, lw
-    for k in range(n):
-        g = scale if grad == NULL else scale * grad[k]
-        if kind == LOSS_MSE:
-            dx[k] = 2 * (x[k] - y[k]) * g
-        else:
+    cdef floating e, r, sig
+    if kind == LOSS_MSE:
+        for k in range(n):
+            dx[k] = 2 * (x[k] - y[k]) * scale
+    elif pw == NULL:
+        for k in range(n):
             e = _exp(-_fabs(x[k]))
             r = 1 / (1 + e)
             sig = r if x[k] >= 0 else e * r
-            if pw == NULL:
-                e = sig - y[k]
-            else:
-                lw = 1 + (pw[k] - 1) * y[k]
-                e = lw * sig - pw[k] * y[k]
-            if w != NULL:
-                e = e * w[k]
-            dx[k] = e * g
+            dx[k] = (sig - y[k]) * scale
+    else:
+        # (1 + (pw - 1) y) sigmoid(x) - pw y
+        for k in range(n):
+            e = _exp(-_fabs(x[k]))
+            r = 1 / (1 + e)
+            sig = r if x[k] >= 0 else e * r
+            dx[k] = ((1 + (pw[k] - 1) * y[k]) * sig - pw[k] * y[k]) * scale
+    if kind != LOSS_MSE and w != NULL:
+        for k in range(n):
+            dx[k] *= w[k]
+    if grad != NULL:
+        for k in range(n):
+            dx[k] *= grad[k]
 
 
 cdef int _elem_forward(int kind, const floating* x, const floating* y,

@@ -256,7 +256,7 @@ cdef int batchnorm_forward_train(const floating* x, const floating* weight,
     cdef floating* scale
     cdef floating* shift
     cdef unsigned int mode
-    if N < 0 or C < 0 or S < 0 or N * S < 2 or not eps > 0:
+    if N < 0 or C < 0 or S < 0 or N * S < 2 or not eps >= 0:
         return ENGINE_EBADARG
     if (running_mean == NULL) != (running_var == NULL):
         return ENGINE_EBADARG
@@ -300,7 +300,7 @@ cdef int batchnorm_forward_eval(const floating* x, const floating* weight,
     cdef double w
     cdef floating* scale
     cdef floating* shift
-    if N < 0 or C < 0 or S < 0 or not eps > 0:
+    if N < 0 or C < 0 or S < 0 or not eps >= 0:
         return ENGINE_EBADARG
     if running_mean == NULL or running_var == NULL:
         return ENGINE_EBADARG
@@ -449,8 +449,8 @@ def batch_norm_forward(x, weight=None, bias=None, running_mean=None, running_var
     running_var = _channel_vector(running_var, "running_var", C, x.dtype, True)
     if (running_mean is None) != (running_var is None):
         raise ValueError("pass both running_mean and running_var, or neither")
-    if not eps > 0:
-        raise ValueError(f"eps must be positive, got {eps}")
+    if not eps >= 0:
+        raise ValueError(f"eps must be non-negative, got {eps}")
     if training:
         if N * S < 2:
             raise ValueError("Expected more than 1 value per channel when training, "

@@ -27,13 +27,6 @@ cdef enum:
 CHUNK_SIZE = CHUNK_ELEMS
 
 
-cdef inline floating _lerp(floating start, floating end, floating weight) noexcept nogil:
-    # torch.lerp's formula (exact at both ends).
-    if weight < 0.5 and weight > -0.5:
-        return start + weight * (end - start)
-    return end - (end - start) * (1 - weight)
-
-
 # ---------------------------------------------------------------- SGD
 cdef void _sgd_chunk(floating* p, const floating* g, floating* buf,
                      Py_ssize_t lo, Py_ssize_t hi, const SGDParams* hp) noexcept nogil:
@@ -89,38 +82,54 @@ cdef int sgd_update(floating* param, const floating* grad,
 
 
 # ---------------------------------------------------------------- RMSprop
-cdef void _rmsprop_chunk(floating* p, const floating* g, floating* sq,
-                         floating* buf, floating* gavg,
-                         Py_ssize_t lo, Py_ssize_t hi,
-                         const RMSpropParams* hp) noexcept nogil:
+cdef inline void _rmsprop_loop(floating* p, const floating* g, floating* sq,
+                               floating* buf, floating* gavg,
+                               Py_ssize_t lo, Py_ssize_t hi, const RMSpropParams* hp,
+                               bint centered, bint use_mom) noexcept nogil:
+    # Called with constant `centered` / `use_mom`: after inlining, each call
+    # is a branch-free loop that vectorises (the other flags only select values).
     cdef floating neg_lr = <floating>(-hp.lr)
     cdef floating wd = <floating>hp.weight_decay
     cdef floating alpha = <floating>hp.alpha
-    cdef floating one_m_alpha = <floating>(1.0 - hp.alpha)
+    cdef floating w = <floating>(1.0 - hp.alpha)
     cdef floating eps = <floating>hp.eps
     cdef floating mom = <floating>hp.momentum
     cdef floating sign = -1 if hp.maximize else 1
     cdef bint use_wd = hp.weight_decay != 0
-    cdef bint use_mom = hp.momentum > 0
-    cdef bint centered = hp.centered
+    cdef bint small = w < 0.5 and w > -0.5           # torch.lerp's formula choice
     cdef Py_ssize_t i
-    cdef floating d, avg
+    cdef floating d, s, ga, avg, b
     for i in range(lo, hi):
-        d = sign * g[i]
-        if use_wd:
-            d = d + wd * p[i]
-        sq[i] = sq[i] * alpha + one_m_alpha * d * d
+        d = sign * g[i] + (wd * p[i] if use_wd else 0)
+        s = sq[i] * alpha + w * d * d
+        sq[i] = s
         if centered:
-            gavg[i] = _lerp(gavg[i], d, one_m_alpha)
-            avg = sqrt(sq[i] + (-1) * gavg[i] * gavg[i])
+            ga = gavg[i] + w * (d - gavg[i]) if small else d - (d - gavg[i]) * (1 - w)
+            gavg[i] = ga
+            avg = sqrt(s + (-1) * ga * ga) + eps
         else:
-            avg = sqrt(sq[i])
-        avg = avg + eps
+            avg = sqrt(s) + eps
         if use_mom:
-            buf[i] = buf[i] * mom + d / avg
-            p[i] = p[i] + neg_lr * buf[i]
+            b = buf[i] * mom + d / avg
+            buf[i] = b
+            p[i] = p[i] + neg_lr * b
         else:
             p[i] = p[i] + neg_lr * d / avg
+
+
+cdef void _rmsprop_chunk(floating* p, const floating* g, floating* sq,
+                         floating* buf, floating* gavg,
+                         Py_ssize_t lo, Py_ssize_t hi,
+                         const RMSpropParams* hp) noexcept nogil:
+    if hp.centered:
+        if hp.momentum > 0:
+            _rmsprop_loop(p, g, sq, buf, gavg, lo, hi, hp, True, True)
+        else:
+            _rmsprop_loop(p, g, sq, buf, gavg, lo, hi, hp, True, False)
+    elif hp.momentum > 0:
+        _rmsprop_loop(p, g, sq, buf, gavg, lo, hi, hp, False, True)
+    else:
+        _rmsprop_loop(p, g, sq, buf, gavg, lo, hi, hp, False, False)
 
 
 cdef int rmsprop_update(floating* param, const floating* grad,
@@ -155,7 +164,7 @@ cdef void _adam_chunk(floating* p, const floating* g, floating* m, floating* v,
                       const AdamParams* hp) noexcept nogil:
     cdef floating wd = <floating>hp.weight_decay
     cdef floating decay = <floating>(1.0 - hp.lr * hp.weight_decay)
-    cdef floating one_m_beta1 = <floating>(1.0 - hp.beta1)
+    cdef floating w1 = <floating>(1.0 - hp.beta1)        # lerp weight of the gradient
     cdef floating beta2 = <floating>hp.beta2
     cdef floating one_m_beta2 = <floating>(1.0 - hp.beta2)
     cdef floating eps = <floating>hp.eps
@@ -164,24 +173,33 @@ cdef void _adam_chunk(floating* p, const floating* g, floating* m, floating* v,
     cdef floating sign = -1 if hp.maximize else 1
     cdef bint decoupled = hp.decoupled and hp.weight_decay != 0
     cdef bint l2 = (not hp.decoupled) and hp.weight_decay != 0
-    cdef bint amsgrad = hp.amsgrad
+    cdef bint small = w1 < 0.5 and w1 > -0.5           # torch.lerp's formula choice
     cdef Py_ssize_t i
-    cdef floating d, denom
-    for i in range(lo, hi):
-        d = sign * g[i]
-        if decoupled:
-            p[i] = p[i] * decay
-        elif l2:
-            d = d + wd * p[i]
-        m[i] = _lerp(m[i], d, one_m_beta1)
-        v[i] = v[i] * beta2 + one_m_beta2 * d * d
-        if amsgrad:
-            if not (vmax[i] >= v[i]):   # torch.maximum (NaN in v propagates)
-                vmax[i] = v[i]
-            denom = sqrt(vmax[i]) / bc2_sqrt + eps
-        else:
-            denom = sqrt(v[i]) / bc2_sqrt + eps
-        p[i] = p[i] + neg_step * m[i] / denom
+    cdef floating d, pi, mi, vi, s
+    # Every store is unconditional and every flag only selects a value, so
+    # the loop if-converts and vectorises; the amsgrad maximum is a select too.
+    if hp.amsgrad:
+        for i in range(lo, hi):
+            pi = p[i]
+            d = sign * g[i] + (wd * pi if l2 else 0)
+            pi = pi * decay if decoupled else pi
+            mi = m[i] + w1 * (d - m[i]) if small else d - (d - m[i]) * (1 - w1)
+            vi = v[i] * beta2 + one_m_beta2 * d * d
+            s = vmax[i] if vmax[i] >= vi else vi    # torch.maximum for finite values
+            m[i] = mi
+            v[i] = vi
+            vmax[i] = s
+            p[i] = pi + neg_step * mi / (sqrt(s) / bc2_sqrt + eps)
+    else:
+        for i in range(lo, hi):
+            pi = p[i]
+            d = sign * g[i] + (wd * pi if l2 else 0)
+            pi = pi * decay if decoupled else pi
+            mi = m[i] + w1 * (d - m[i]) if small else d - (d - m[i]) * (1 - w1)
+            vi = v[i] * beta2 + one_m_beta2 * d * d
+            m[i] = mi
+            v[i] = vi
+            p[i] = pi + neg_step * mi / (sqrt(vi) / bc2_sqrt + eps)
 
 
 cdef int adam_update(floating* param, const floating* grad,
@@ -470,7 +488,7 @@ def adam_step(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs=None, steps=
                                                  ("max_exp_avg_sqs", vms)])
     if steps is None:
         raise ValueError("adam_step needs steps (the step count of each parameter)")
-    steps = [steps] * len(params) if np.ndim(steps) == 0 else list(steps)
+    steps = list(steps) if isinstance(steps, (list, tuple, np.ndarray)) else [steps] * len(params)
     if len(steps) != len(params):
         raise ValueError(f"steps has {len(steps)} entries, params has {len(params)}")
     hp.lr = lr

@@ -35,17 +35,43 @@ def build_model(name, **kwargs):
             if i < len(sizes) - 2:
                 layers.append(pe.ReLU())
         return pe.Sequential(*layers)
+    if name == "lenet5":
+        from pyengine.models import lenet5
+        return lenet5(**kwargs)
     raise ValueError(f"unknown architecture {name!r}")
 
 
-def demo_mlp(args):
+def model_inputs(name, x):
+    """The (N, 64) digit pixels in the layout architecture `name` takes.
+
+    LeNet-5 wants 1x28x28 images: each 8x8 digit is upsampled 3x by pixel
+    repetition (np.kron, 24x24) and zero-padded by 2 on every side (28x28),
+    the framing of MNIST's digits.
+    """
+    if name != "lenet5":
+        return x
+    images = np.kron(x.reshape(-1, 8, 8), np.ones((3, 3), x.dtype))
+    return np.pad(images, ((0, 0), (2, 2), (2, 2)))[:, None]
+
+
+DEMOS = {
+    "mlp": ("MLP 64-128-64-10",
+            {"name": "mlp", "args": {"in_features": 64, "hidden": [128, 64], "classes": 10}}),
+    "lenet5": ("LeNet-5 (8x8 digits upsampled 3x + padded to 28x28)",
+               {"name": "lenet5", "args": {"num_classes": 10, "in_channels": 1}}),
+}
+
+
+def demo_digits(args):
+    """Train the --model architecture on the bundled digits (mlp or lenet5)."""
     import pyengine as pe
 
     pe.manual_seed(args.seed)
+    title, arch = DEMOS[args.model]
     (xtr, ytr), (xte, yte) = _split_digits(seed=args.seed)
+    xtr, xte = model_inputs(arch["name"], xtr), model_inputs(arch["name"], xte)
     # hold out 10% of the training images (stratified) for early stopping
     train, val = pe.train_val_split(xtr, ytr, val_fraction=0.1, seed=args.seed, stratify=ytr)
-    arch = {"name": "mlp", "args": {"in_features": 64, "hidden": [128, 64], "classes": 10}}
     model = build_model(arch["name"], **arch["args"])
     loss_fn = pe.CrossEntropyLoss()
     opt = pe.optim.Adam(model.parameters(), lr=args.lr)
@@ -53,7 +79,7 @@ def demo_mlp(args):
     stopper = pe.EarlyStopping(monitor="val_loss", patience=5)
     checkpoint = pe.Checkpoint(args.checkpoint, monitor="val_loss", extra={
         "arch": arch, "data": {"name": "digits", "seed": args.seed, "test_fraction": 0.2}})
-    print(f"MLP 64-128-64-10 on UCI digits: {len(train[1])} train / {len(val[1])} validation / "
+    print(f"{title} on UCI digits: {len(train[1])} train / {len(val[1])} validation / "
           f"{len(yte)} test images, {pe.get_num_threads()} thread(s); Adam lr {args.lr}, "
           "ReduceLROnPlateau, early stopping on val loss")
     start = time.perf_counter()
@@ -94,8 +120,9 @@ def cmd_demo(args):
 
     if args.threads:
         pe.set_num_threads(args.threads)
-    demos = {"mlp": demo_mlp}
-    accuracy = demos[args.model](args)
+    if args.checkpoint is None:
+        args.checkpoint = f"pyengine_demo_{args.model}.safetensors"
+    accuracy = demo_digits(args)
     return 0 if accuracy >= 0.9 else 1
 
 
@@ -117,6 +144,7 @@ def cmd_eval(args):
         print(f"{args.checkpoint}: unknown dataset {data.get('name')!r}", file=sys.stderr)
         return 2
     _, (xte, yte) = _split_digits(seed=data["seed"], test_fraction=data["test_fraction"])
+    xte = model_inputs(arch["name"], xte)
     start = time.perf_counter()
     result = pe.evaluate(model, pe.CrossEntropyLoss(), (xte, yte))
     elapsed = time.perf_counter() - start
@@ -154,7 +182,7 @@ def main(argv=None):
                                      description="pyengine command line")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="train a model on the bundled digits data")
-    demo.add_argument("--model", default="mlp", choices=["mlp"])
+    demo.add_argument("--model", default="mlp", choices=list(DEMOS))
     demo.add_argument("--epochs", type=int, default=30)
     demo.add_argument("--batch-size", type=int, default=32)
     demo.add_argument("--seed", type=int, default=0)
@@ -162,8 +190,9 @@ def main(argv=None):
     demo.add_argument("--progress", action="store_true",
                       help="show the progress bar even when stderr is not a terminal")
     demo.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
-    demo.add_argument("--checkpoint", default="pyengine_demo_mlp.safetensors",
-                      help="where to save the best model (default: %(default)s)")
+    demo.add_argument("--checkpoint", default=None,
+                      help="where to save the best model (default: "
+                      "pyengine_demo_<model>.safetensors)")
     demo.set_defaults(func=cmd_demo)
     evaluate = sub.add_parser("eval", help="rebuild a model from a demo checkpoint and "
                               "print its test accuracy")

@@ -203,3 +203,224 @@ def mlp_step_case(backend, quick):
         return out
 
     return run, outputs
+
+
+# -- Activations and the fused cross-entropy (forward + backward) -----------------
+
+_ACT_SHAPE = (128, 4096)
+_ACT_MODULES = {  # case name -> (pe / torch.nn constructor source, reference name)
+    "relu": ("ReLU()", "relu"),
+    "gelu": ("GELU()", "gelu"),
+    "softmax": ("Softmax(dim=1)", "softmax"),
+}
+
+
+def _activation_builder(name):
+    expr, ref_name = _ACT_MODULES[name]
+
+    def build(backend, quick):
+        rng = np.random.default_rng(3)
+        x = rng.standard_normal(_ACT_SHAPE).astype(np.float32)
+        dy = rng.standard_normal(_ACT_SHAPE).astype(np.float32)
+        state = {}
+        if backend == "pyengine":
+            import pyengine as pe
+            m = eval("pe." + expr)
+
+            def run():
+                state["y"] = m(x)
+                state["dx"] = m.backward(dy)
+
+            return run, lambda: state
+        if backend == "reference":
+            from pyengine import reference as ref
+            fwd = getattr(ref, ref_name + "_forward")
+            bwd = getattr(ref, ref_name + "_backward")
+
+            def run():
+                state["y"] = fwd(x)
+                state["dx"] = bwd(x, dy)
+
+            return run, lambda: state
+        torch = _torch()
+        m = eval("torch.nn." + expr)
+        tx = torch.from_numpy(x).requires_grad_(True)
+        tdy = torch.from_numpy(dy)
+
+        def run():
+            tx.grad = None
+            y = m(tx)
+            y.backward(tdy)
+            state["y"] = y
+
+        return run, lambda: dict(y=state["y"].detach().numpy(), dx=tx.grad.numpy())
+
+    return build
+
+
+for _name in _ACT_MODULES:
+    case(_name, f"{_ACT_SHAPE[0]}x{_ACT_SHAPE[1]} fwd+bwd", 0)(_activation_builder(_name))
+
+
+_CE_SHAPE = (128, 1000)
+
+
+@case("cross_entropy", f"{_CE_SHAPE[0]}x{_CE_SHAPE[1]} fwd+bwd", 0)
+def cross_entropy_case(backend, quick):
+    rng = np.random.default_rng(4)
+    x = (3 * rng.standard_normal(_CE_SHAPE)).astype(np.float32)
+    t = rng.integers(0, _CE_SHAPE[1], _CE_SHAPE[0])
+    state = {}
+    if backend == "pyengine":
+        import pyengine as pe
+        loss_fn = pe.CrossEntropyLoss()
+
+        def run():
+            state["loss"] = np.array(loss_fn(x, t))
+            state["dx"] = loss_fn.backward()
+
+        return run, lambda: state
+    if backend == "reference":
+        from pyengine import reference as ref
+
+        def run():
+            state["loss"] = np.array(ref.cross_entropy_forward(x, t))
+            state["dx"] = ref.cross_entropy_backward(x, t)
+
+        return run, lambda: state
+    torch = _torch()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    tx = torch.from_numpy(x).requires_grad_(True)
+    tt = torch.from_numpy(t)
+
+    def run():
+        tx.grad = None
+        loss = loss_fn(tx, tt)
+        loss.backward()
+        state["loss"] = loss
+
+    return run, lambda: dict(loss=state["loss"].detach().numpy(), dx=tx.grad.numpy())
+# -- Optimizer steps over a 10M-parameter model -----------------------------------
+
+def _optim_model(quick):
+    """Parameter and gradient arrays of an MLP-like model (~10.5M parameters)."""
+    shapes = [(2048, 1024), (2048,), (2048, 2048), (2048,), (1024, 2048), (1024,),
+              (1000, 1024), (1000,)]
+    if quick:
+        shapes = [(s[0] // 8,) + s[1:] for s in shapes]
+    rng = np.random.default_rng(3)
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    return params, grads
+
+
+def _optim_case(kind, hyper):
+    """pyengine: the fused kernel; reference: NumPy expressions (pe.reference);
+    torch: torch.optim with foreach=True (its multi-tensor path)."""
+
+    def build(backend, quick):
+        params, grads = _optim_model(quick)
+        if backend == "pyengine":
+            import pyengine as pe
+            ps = [pe.Parameter(p) for p in params]
+            for p, g in zip(ps, grads):
+                p.grad = g
+            opt = getattr(pe.optim, kind)(ps, **hyper)
+            return opt.step, lambda: {f"p{i}": p.data for i, p in enumerate(ps)}
+        if backend == "reference":
+            from pyengine import reference as ref
+            ps = [p.copy() for p in params]
+            state = {"t": 0, "bufs": [None] * len(ps),
+                     "m": [np.zeros_like(p) for p in ps], "v": [np.zeros_like(p) for p in ps]}
+
+            def run():
+                state["t"] += 1
+                for i, g in enumerate(grads):
+                    if kind == "SGD":
+                        ps[i], state["bufs"][i] = ref.sgd_update(ps[i], g, state["bufs"][i],
+                                                                 **hyper)
+                    else:
+                        kw = dict(hyper)
+                        beta1, beta2 = kw.pop("betas", (0.9, 0.999))
+                        update = ref.adamw_update if kind == "AdamW" else ref.adam_update
+                        ps[i], state["m"][i], state["v"][i], _ = update(
+                            ps[i], g, state["m"][i], state["v"][i], step=state["t"],
+                            beta1=beta1, beta2=beta2, **kw)
+
+            return run, lambda: {f"p{i}": p for i, p in enumerate(ps)}
+        torch = _torch()
+        ps = [torch.tensor(p, requires_grad=True) for p in params]
+        for p, g in zip(ps, grads):
+            p.grad = torch.from_numpy(g)
+        opt = getattr(torch.optim, kind)(ps, foreach=True, **hyper)
+        return opt.step, lambda: {f"p{i}": p.detach().numpy() for i, p in enumerate(ps)}
+
+    return build
+
+
+case("sgd_step", "10.5M params SGD momentum=0.9 nesterov", 0)(
+    _optim_case("SGD", dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)))
+case("adam_step", "10.5M params Adam", 0)(_optim_case("Adam", dict(lr=1e-3)))
+case("adamw_step", "10.5M params AdamW", 0)(
+    _optim_case("AdamW", dict(lr=1e-3, weight_decay=1e-2)))
+
+
+# -- BatchNorm2d forward + backward (training mode) ---------------------------------
+
+_BN_SHAPE = (32, 64, 32, 32)
+
+
+@case("batchnorm2d", "b32 c64 32x32 train fwd+bwd", 0, rtol=2e-3, atol=1e-3)
+def batchnorm2d_case(backend, quick):
+    shape = (8, 64, 16, 16) if quick else _BN_SHAPE
+    C = shape[1]
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal(shape) * 2 + 0.5).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal(C).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    state = {}
+    if backend == "pyengine":
+        import pyengine as pe
+        bn = pe.BatchNorm2d(C)
+        bn.load_state_dict({"weight": w, "bias": b, "running_mean": np.zeros(C),
+                            "running_var": np.ones(C), "num_batches_tracked": 0})
+
+        def run():
+            bn.zero_grad()
+            state["y"] = bn(x)
+            state["dx"] = bn.backward(dy)
+
+        return run, lambda: dict(y=state["y"], dx=state["dx"], dw=bn.weight.grad,
+                                 db=bn.bias.grad)
+    if backend == "reference":
+        from pyengine import reference as ref
+
+        def run():
+            y, mean, invstd, _, _ = ref.batchnorm_forward(x, w, b)
+            state["y"] = y
+            state["dx"], state["dw"], state["db"] = ref.batchnorm_backward(dy, x, w, mean,
+                                                                           invstd)
+
+        return run, lambda: state
+    torch = _torch()
+    bn = torch.nn.BatchNorm2d(C)
+    with torch.no_grad():
+        bn.weight.copy_(torch.from_numpy(w))
+        bn.bias.copy_(torch.from_numpy(b))
+    tx = torch.from_numpy(x).requires_grad_(True)
+    tdy = torch.from_numpy(dy)
+
+    def run():
+        bn.zero_grad()
+        tx.grad = None
+        y = bn(tx)
+        y.backward(tdy)
+        state["y"] = y
+
+    return run, lambda: dict(y=state["y"].detach().numpy(), dx=tx.grad.numpy(),
+                             dw=bn.weight.grad.numpy(), db=bn.bias.grad.numpy())
+
+
+# Pooling and CNN model cases register themselves on import.
+from pyengine import benchcases_cnn  # noqa: E402,F401

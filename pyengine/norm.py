@@ -16,8 +16,8 @@ class _BatchNorm(Module):
                  track_running_stats=True):
         super().__init__()
         self.num_features = positive_int(num_features, "num_features")
-        if not eps > 0:
-            raise ValueError(f"eps must be positive. Received: eps={eps}")
+        if not eps >= 0:
+            raise ValueError(f"eps must be non-negative. Received: eps={eps}")
         if momentum is not None and not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1] or None. Received: momentum={momentum}")
         self.eps = float(eps)

@@ -354,3 +354,25 @@ def test_matches_torch(torch_expr, make, dtype, rng):
     rtol, atol = (1e-5, 1e-5) if dtype == np.float32 else (1e-10, 1e-10)
     np.testing.assert_allclose(y, ty.detach().numpy(), rtol=rtol, atol=atol)
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["sigmoid", "tanh", "softplus", "gelu", "gelu_tanh"])
+def test_accuracy_over_a_dense_range(name, dtype):
+    # The element-wise loops call SIMD libm variants where available
+    # (K.vector_math_enabled()); check them densely against float64 NumPy.
+    make, fwd, bwd = MODULES[name]
+    x = np.linspace(-30, 30, 200001).astype(dtype)
+    dy = np.ones_like(x)
+    m = make()
+    y, dx = m(x), m.backward(dy)
+    # The reference in extended precision, so that its own rounding (e.g. in
+    # 1 + tanh(z) near -1) does not count against the kernel.
+    x64 = x.astype(np.longdouble)
+    rtol, atol = (2e-6, 1e-7) if dtype == np.float32 else (1e-13, 1e-15)
+    np.testing.assert_allclose(y, fwd(x64), rtol=rtol, atol=atol)
+    if name in ("sigmoid", "tanh"):
+        # Backward from the rounded output (1 - y^2, y (1 - y)), as torch does:
+        # where y is near +-1 the derivative is only known to a few ulp of 1.
+        atol = 4 * np.finfo(dtype).eps
+    np.testing.assert_allclose(dx, bwd(x64, dy.astype(np.longdouble)), rtol=rtol, atol=atol)

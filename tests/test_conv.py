@@ -68,6 +68,29 @@ def test_kernels_match_reference(cfg, dtype, algo, rng):
     _close(db, want_db, dtype)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cfg", [CONFIGS[1], CONFIGS[3], CONFIGS[5], CONFIGS[6], CONFIGS[11]],
+                         ids=[IDS[1], IDS[3], IDS[5], IDS[6], IDS[11]])
+def test_im2col_tiled_and_unbatched_paths(cfg, dtype, rng):
+    # Shrink the column tile to one output row and switch image batching off
+    # and to whole-batch, so small shapes exercise every im2col code path.
+    _, _, s, p, d, g = cfg
+    x, w, b, dy = _data(cfg, dtype, rng)
+    f64 = [a.astype(np.float64) for a in (x, w, b, dy)]
+    want = (ref.conv2d_forward(f64[0], f64[1], f64[2], s, p, d, g),) + \
+        ref.conv2d_backward(f64[0], f64[1], f64[3], s, p, d, g)
+    for tuning in (dict(col_tile_elems=1, min_gemm_cols=1),
+                   dict(col_tile_elems=200, min_gemm_cols=10**6)):
+        old = kconv._set_tuning(**tuning)
+        try:
+            got = (kconv.conv2d(x, w, b, s, p, d, g, algo="im2col"),) + \
+                kconv.conv2d_grad(x, w, dy, s, p, d, g, algo="im2col")
+        finally:
+            kconv._set_tuning(**old)
+        for a, e in zip(got, want):
+            _close(a, e, dtype)
+
+
 @pytest.mark.parametrize("cfg", CONFIGS[:12:3] + CONFIGS[12:14], ids=IDS[:12:3] + IDS[12:14])
 def test_algorithms_agree(cfg, rng):
     _, _, s, p, d, g = cfg
@@ -257,6 +280,7 @@ def test_auto_picks_direct_for_depthwise_and_im2col_for_wide():
     ((40, 3, 5, 5), (8, 3, 3, 3), 1, 0, 1),        # batched small maps
     ((1, 8, 20, 20), (16, 8, 3, 3), 1, 1, 1),      # one item: threaded GEMM
     ((6, 8, 9, 9), (8, 1, 3, 3), 2, 1, 8),         # depthwise
+    ((2, 64, 32, 32), (8, 64, 3, 3), 1, 1, 1),     # column tiles of a few rows
 ])
 def test_one_and_two_threads_bitwise_equal(shapes, algo, rng):
     xs, ws, s, p, g = shapes

@@ -133,8 +133,9 @@ def test_mlp_matches_torch_outputs_gradients_and_steps(rng):
         np.testing.assert_allclose(model.state_dict()[k], v.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_demo_trains_digits_to_95_percent(capsys):
+def test_demo_trains_digits_to_95_percent(capsys, tmp_path, monkeypatch):
     from pyengine.__main__ import main
+    monkeypatch.chdir(tmp_path)  # the demo saves its checkpoint in the current directory
     assert main(["demo", "--epochs", "30"]) == 0
     out = capsys.readouterr().out
     acc = float(out.split("test accuracy:")[1].split()[0])

@@ -94,7 +94,7 @@ def test_kernel_without_affine_or_running_stats(rng):
                                        input_grad=False) is None
 
 
-@pytest.mark.parametrize("shape", [(64, 40), (8, 16, 33), (4, 8, 9, 9)], ids=str)
+@pytest.mark.parametrize("shape", [(64, 40), (16, 300), (8, 16, 33), (4, 8, 9, 9)], ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_threads_bitwise_equal(shape, dtype):
     results = []

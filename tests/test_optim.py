@@ -68,22 +68,6 @@ def test_sgd_matches_reference(rng, kw):
         assert opt.state == {}
 
 
-@pytest.mark.parametrize("kw", SGD_CONFIGS)
-def test_sgd_matches_torch(rng, kw):
-    torch = pytest.importorskip("torch")
-    params = _params(rng)
-    grads = _grads(rng, params)
-    tparams = [torch.tensor(p.data.copy(), requires_grad=True) for p in params]
-    topt = torch.optim.SGD(tparams, **kw)
-    for step_grads in grads:
-        for tp, g in zip(tparams, step_grads):
-            tp.grad = torch.tensor(g)
-        topt.step()
-    _run_ours(pe.optim.SGD, params, grads, **kw)
-    for p, tp in zip(params, tparams):
-        np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-6, atol=1e-12)
-
-
 def test_sgd_float32_matches_reference(rng):
     kw = dict(lr=0.05, momentum=0.9, weight_decay=0.01)
     params = _params(rng, np.float32)

@@ -421,3 +421,32 @@ def test_demo_saves_checkpoint_and_eval_rebuilds_it(tmp_path, capsys):
     pe.save({"just": np.zeros(2)}, tmp_path / "other.safetensors")
     assert main(["eval", str(tmp_path / "other.safetensors")]) == 2
     assert "not a pyengine demo checkpoint" in capsys.readouterr().err
+
+
+def test_batchnorm_dropout_model_reproducible_and_checkpoint_round_trip(tmp_path):
+    x, y = _blobs(96, seed=2)
+
+    def run():
+        pe.manual_seed(21)
+        model = pe.Sequential(pe.Linear(4, 16), pe.BatchNorm1d(16), ReLU(), pe.Dropout(0.3),
+                              pe.Linear(16, 3))
+        opt = pe.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        hist = pe.fit(model, CrossEntropyLoss(), opt, (x, y), epochs=3, val=(x, y),
+                      batch_size=16, verbose=False)
+        return model, hist
+
+    a, hist_a = run()
+    b, hist_b = run()
+    assert hist_a["val_loss"] == hist_b["val_loss"]
+    for k, v in a.state_dict().items():
+        assert np.array_equal(v, b.state_dict()[k]), k
+    assert int(a[1].num_batches_tracked) == 3 * 6  # 96 / 16 training batches per epoch
+
+    pe.save(a, tmp_path / "bn.safetensors")
+    back = pe.load(tmp_path / "bn.safetensors")
+    assert back["1.num_batches_tracked"].shape == () and back["1.num_batches_tracked"].dtype == np.int64
+    pe.manual_seed(99)
+    c = pe.Sequential(pe.Linear(4, 16), pe.BatchNorm1d(16), ReLU(), pe.Dropout(0.3),
+                      pe.Linear(16, 3))
+    c.load_state_dict(back)
+    assert pe.evaluate(c, CrossEntropyLoss(), (x, y))["loss"] == hist_a["val_loss"][-1]

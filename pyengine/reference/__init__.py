@@ -12,3 +12,5 @@ from pyengine.reference.loss import *  # noqa: F401,F403
 from pyengine.reference.norm import *  # noqa: F401,F403
 from pyengine.reference.dropout import *  # noqa: F401,F403
 from pyengine.reference.conv import *  # noqa: F401,F403
+from pyengine.reference.pool import *  # noqa: F401,F403
+from pyengine.reference.rnn import *  # noqa: F401,F403

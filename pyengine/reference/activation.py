@@ -19,7 +19,7 @@ __all__ = [
     "log_softmax_forward", "log_softmax_backward",
 ]
 
-_erf = np.vectorize(math.erf, otypes=[np.float64])
+_erfc = np.vectorize(math.erfc, otypes=[np.float64])
 
 
 def relu_forward(x):
@@ -73,7 +73,7 @@ def gelu_forward(x, approximate="none"):
     if approximate == "tanh":
         inner = math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)
         return (0.5 * x * (1 + np.tanh(inner))).astype(x.dtype)
-    cdf = 0.5 * (1 + _erf(x / math.sqrt(2)))
+    cdf = 0.5 * _erfc(-x / math.sqrt(2))      # Phi(x), accurate for x < 0 too
     return (x * cdf).astype(x.dtype)
 
 
@@ -83,7 +83,7 @@ def gelu_backward(x, dy, approximate="none"):
         t = np.tanh(k * (x + 0.044715 * x ** 3))
         d = 0.5 * (1 + t) + 0.5 * x * (1 - t ** 2) * k * (1 + 3 * 0.044715 * x ** 2)
         return (dy * d).astype(x.dtype)
-    cdf = 0.5 * (1 + _erf(x / math.sqrt(2)))
+    cdf = 0.5 * _erfc(-x / math.sqrt(2))      # Phi(x), accurate for x < 0 too
     pdf = np.exp(-0.5 * x ** 2) / math.sqrt(2 * math.pi)
     return (dy * (cdf + x * pdf)).astype(x.dtype)
 

@@ -1,0 +1,1079 @@
+"""Recurrent kernels: Elman RNN (tanh/relu), LSTM and GRU, forward and backward.
+
+One call runs one layer in one direction over the whole sequence under
+nogil (see rnn.pxd for the layout). The GEMMs are hoisted and merged
+(PERFORMANCE.md, technique 5): the input projection of all steps is one GEMM,
+each step costs one hidden GEMM plus one fused gate pass, and after backward's
+time loop d_x, grad w_ih and grad w_hh are each one GEMM with K = T*B.
+"""
+
+import numpy as np
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport exp, tanh
+from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memcpy, memset
+
+from engine._common cimport (ENGINE_OK, ENGINE_EBADARG, ENGINE_ENOMEM, ceil_div,
+                             work_chunks, engine_ftz_enter, engine_ftz_exit)
+from engine._threads cimport engine_num_threads
+from engine.blas cimport gemm, gemm_parallel
+from engine._validate import float_array, check_blas_size, export_entries
+
+# The fused gate passes, written in C so that `restrict` tells the compiler the
+# gate rows do not alias and every loop over the hidden units vectorises.
+# float32 uses vectorisable exp/tanh (Cephes polynomials, a few ulp); float64
+# uses libm (exact enough for gradcheck, speed matters less there).
+cdef extern from *:
+    """
+    #include <math.h>
+    #include <stdint.h>
+    #include <string.h>
+
+    /* exp(x) = 2^n * e^r, |r| <= ln2/2, Cephes expf polynomial. x is clamped
+       to [-87, 88] so 2^n stays a normal float. */
+    static inline float rnn_expf(float x) {
+        x = x < -87.0f ? -87.0f : x;
+        x = x > 88.0f ? 88.0f : x;
+        float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+        float r = fmaf(n, -0.693359375f, x);
+        r = fmaf(n, 2.12194440e-4f, r);
+        float p = 1.9875691500e-4f;
+        p = fmaf(p, r, 1.3981999507e-3f);
+        p = fmaf(p, r, 8.3334519073e-3f);
+        p = fmaf(p, r, 4.1665795894e-2f);
+        p = fmaf(p, r, 1.6666665459e-1f);
+        p = fmaf(p, r, 5.0000001201e-1f);
+        p = fmaf(p, r * r, r) + 1.0f;
+        int32_t bits = ((int32_t)n + 127) << 23;
+        float scale;
+        memcpy(&scale, &bits, sizeof scale);
+        return p * scale;
+    }
+    static inline float rnn_sigmoidf(float x) { return 1.0f / (1.0f + rnn_expf(-x)); }
+    /* tanh: Cephes' odd polynomial below 0.625 (keeps relative accuracy near
+       0), (1 - e^-2|x|) / (1 + e^-2|x|) above. */
+    static inline float rnn_tanhf(float x) {
+        float a = x < 0.0f ? -x : x;
+        float z = a * a;
+        float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z
+                         - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z
+                       - 3.33332819422e-1f) * z * a + a;
+        float e = rnn_expf(-2.0f * a);
+        float big = (1.0f - e) / (1.0f + e);
+        float y = a < 0.625f ? small : big;
+        return x < 0.0f ? -y : y;
+    }
+    static inline double rnn_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
+    static inline double rnn_tanh(double x) { return tanh(x); }
+
+    /* One batch row of each cell, forward and backward, for type T with
+       suffix S. Gate pointers are separate restrict arguments (i, f, g, o
+       for the LSTM; r, z, n, hn for the GRU) so each loop vectorises. */
+    #define RNN_DEFINE_CELLS(T, S, SIGM, TANH) \
+    static void rnn_lstm_fwd_##S(Py_ssize_t H, T* restrict gi, T* restrict gf, \
+            T* restrict gg, T* restrict go, const T* restrict bias, \
+            const T* restrict c_prev, T* restrict c_new, T* restrict h) { \
+        for (Py_ssize_t j = 0; j < H; j++) { \
+            T i = SIGM(gi[j] + bias[j]); \
+            T f = SIGM(gf[j] + bias[H + j]); \
+            T g = TANH(gg[j] + bias[2 * H + j]); \
+            T o = SIGM(go[j] + bias[3 * H + j]); \
+            T c = f * c_prev[j] + i * g; \
+            c_new[j] = c; \
+            h[j] = o * TANH(c); \
+            gi[j] = i; gf[j] = f; gg[j] = g; go[j] = o; \
+        } \
+    } \
+    static void rnn_lstm_bwd_##S(Py_ssize_t H, T* restrict gi, T* restrict gf, \
+            T* restrict gg, T* restrict go, const T* restrict c, \
+            const T* restrict c_prev, const T* restrict dy, const T* restrict dh_rec, \
+            T* restrict dc) { \
+        for (Py_ssize_t j = 0; j < H; j++) { \
+            T i = gi[j], f = gf[j], g = gg[j], o = go[j]; \
+            T tc = TANH(c[j]); \
+            T dh = dy[j] + dh_rec[j]; \
+            T dcj = dc[j] + dh * o * (1 - tc * tc); \
+            go[j] = dh * tc * o * (1 - o); \
+            gi[j] = dcj * g * i * (1 - i); \
+            gf[j] = dcj * c_prev[j] * f * (1 - f); \
+            gg[j] = dcj * i * (1 - g * g); \
+            dc[j] = dcj * f; \
+        } \
+    } \
+    static void rnn_gru_fwd_##S(Py_ssize_t H, T* restrict ar, T* restrict az, \
+            T* restrict an, T* restrict ahn, const T* restrict gh, \
+            const T* restrict bias, const T* restrict bias_hn, \
+            const T* restrict h_prev, T* restrict h) { \
+        for (Py_ssize_t j = 0; j < H; j++) { \
+            T r = SIGM(ar[j] + bias[j] + gh[j]); \
+            T z = SIGM(az[j] + bias[H + j] + gh[H + j]); \
+            T hn = gh[2 * H + j] + bias_hn[j]; \
+            T n = TANH(an[j] + bias[2 * H + j] + r * hn); \
+            h[j] = (1 - z) * n + z * h_prev[j]; \
+            ar[j] = r; az[j] = z; an[j] = n; ahn[j] = hn; \
+        } \
+    } \
+    static void rnn_gru_bwd_##S(Py_ssize_t H, T* restrict ar, T* restrict az, \
+            T* restrict an, const T* restrict ahn, T* restrict dgh, \
+            const T* restrict h_prev, const T* restrict dy, T* restrict dh) { \
+        for (Py_ssize_t j = 0; j < H; j++) { \
+            T r = ar[j], z = az[j], n = an[j]; \
+            T d = dy[j] + dh[j]; \
+            T dn = d * (1 - z) * (1 - n * n); \
+            T dz = d * (h_prev[j] - n) * z * (1 - z); \
+            T dr = dn * ahn[j] * r * (1 - r); \
+            ar[j] = dr; az[j] = dz; an[j] = dn; \
+            dgh[j] = dr; dgh[H + j] = dz; dgh[2 * H + j] = dn * r; \
+            dh[j] = d * z; \
+        } \
+    } \
+    static void rnn_elman_fwd_##S(Py_ssize_t H, int relu, const T* restrict bias, \
+            T* restrict h) { \
+        if (relu) { \
+            for (Py_ssize_t j = 0; j < H; j++) { \
+                T v = h[j] + bias[j]; \
+                h[j] = v > 0 ? v : 0; \
+            } \
+        } else { \
+            for (Py_ssize_t j = 0; j < H; j++) h[j] = TANH(h[j] + bias[j]); \
+        } \
+    } \
+    static void rnn_elman_bwd_##S(Py_ssize_t H, int relu, const T* restrict h, \
+            const T* restrict dy, const T* restrict dh_rec, T* restrict dg) { \
+        if (relu) { \
+            for (Py_ssize_t j = 0; j < H; j++) \
+                dg[j] = h[j] > 0 ? dy[j] + dh_rec[j] : 0; \
+        } else { \
+            for (Py_ssize_t j = 0; j < H; j++) \
+                dg[j] = (dy[j] + dh_rec[j]) * (1 - h[j] * h[j]); \
+        } \
+    } \
+    static void rnn_colsum_add_##S(Py_ssize_t rows, Py_ssize_t cols, \
+            const T* restrict a, Py_ssize_t lda, T* restrict out) { \
+        for (Py_ssize_t r = 0; r < rows; r++) \
+            for (Py_ssize_t j = 0; j < cols; j++) out[j] += a[r * lda + j]; \
+    }
+
+    /* Per-step GEMM for float32: C[M, N] (+)= A[M, K] @ W[K, N], W rows contiguous.
+       BLAS repacks the whole weight matrix on every call, which costs as much
+       as the product itself at the sizes of one time step (B rows); this
+       kernel streams W as it is instead, keeping a 4 x 64 tile of C in
+       registers (gcc vector extensions: AVX-512, AVX2 or SSE as compiled). */
+    #pragma GCC push_options
+    #pragma GCC optimize ("fp-contract=fast")
+    typedef float rnn_v16 __attribute__((vector_size(64)));
+    typedef float rnn_v16u __attribute__((vector_size(64), aligned(4)));
+
+    /* Rows [m, M) of one column block: tiles of 6, 4, 2 and 1 rows. */
+    #define RNN_ROW_TILES(NV) \
+        for (m = 0; m + 6 <= M; m += 6) \
+            rnn_sgemm_tile(6, NV, K, a + m * lda, lda, w + n0, ldw, c + m * ldc + n0, \
+                           ldc, accumulate); \
+        if (m + 4 <= M) { \
+            rnn_sgemm_tile(4, NV, K, a + m * lda, lda, w + n0, ldw, c + m * ldc + n0, \
+                           ldc, accumulate); \
+            m += 4; \
+        } \
+        if (m + 2 <= M) { \
+            rnn_sgemm_tile(2, NV, K, a + m * lda, lda, w + n0, ldw, c + m * ldc + n0, \
+                           ldc, accumulate); \
+            m += 2; \
+        } \
+        if (m < M) \
+            rnn_sgemm_tile(1, NV, K, a + m * lda, lda, w + n0, ldw, c + m * ldc + n0, \
+                           ldc, accumulate);
+
+    static inline __attribute__((always_inline)) void rnn_sgemm_tile(
+            const int R, const int NV, Py_ssize_t K, const float* restrict a,
+            Py_ssize_t lda, const float* restrict w, Py_ssize_t ldw,
+            float* restrict c, Py_ssize_t ldc, int accumulate) {
+        rnn_v16 acc[6][8];
+        #pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            #pragma GCC unroll 8
+            for (int v = 0; v < NV; v++)
+                acc[r][v] = accumulate ? *(const rnn_v16u*)(c + r * ldc + 16 * v)
+                                       : (rnn_v16){0};
+        }
+        for (Py_ssize_t k = 0; k < K; k++) {
+            rnn_v16 wv[8];
+            #pragma GCC unroll 8
+            for (int v = 0; v < NV; v++) {
+                wv[v] = *(const rnn_v16u*)(w + k * ldw + 16 * v);
+    #if defined(__AVX512F__)
+                /* Keep W in registers: folded into each FMA it is loaded R times. */
+                __asm__("" : "+v"(wv[v]));
+    #endif
+            }
+            #pragma GCC unroll 6
+            for (int r = 0; r < R; r++) {
+                float s = a[r * lda + k];
+                #pragma GCC unroll 8
+                for (int v = 0; v < NV; v++) acc[r][v] += s * wv[v];
+            }
+        }
+        #pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            #pragma GCC unroll 8
+            for (int v = 0; v < NV; v++) *(rnn_v16u*)(c + r * ldc + 16 * v) = acc[r][v];
+        }
+    }
+
+    static void rnn_sgemm_rows(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+            const float* restrict a, Py_ssize_t lda, const float* restrict w,
+            Py_ssize_t ldw, float* restrict c, Py_ssize_t ldc, int accumulate) {
+        Py_ssize_t n0 = 0, m;
+        if (M < 4) {
+            /* Few rows (batch-1 inference): 8 vectors per row hide the FMA latency. */
+            for (; n0 + 128 <= N; n0 += 128)
+                for (m = 0; m < M; m++)
+                    rnn_sgemm_tile(1, 8, K, a + m * lda, lda, w + n0, ldw,
+                                   c + m * ldc + n0, ldc, accumulate);
+        }
+        for (; n0 + 64 <= N; n0 += 64) {
+            RNN_ROW_TILES(4)
+        }
+        for (; n0 + 16 <= N; n0 += 16) {
+            RNN_ROW_TILES(1)
+        }
+        if (n0 < N) {
+            for (m = 0; m < M; m++) {
+                for (Py_ssize_t n = n0; n < N; n++) {
+                    float s = accumulate ? c[m * ldc + n] : 0.0f;
+                    for (Py_ssize_t k = 0; k < K; k++) s += a[m * lda + k] * w[k * ldw + n];
+                    c[m * ldc + n] = s;
+                }
+            }
+        }
+    }
+    #pragma GCC pop_options
+
+    /* dst (cols x rows) = src (rows x cols)^T, in cache-sized blocks. */
+    static void rnn_transpose_f(Py_ssize_t rows, Py_ssize_t cols, const float* restrict src,
+                                float* restrict dst) {
+        for (Py_ssize_t r0 = 0; r0 < rows; r0 += 32)
+            for (Py_ssize_t c0 = 0; c0 < cols; c0 += 32) {
+                Py_ssize_t r1 = r0 + 32 < rows ? r0 + 32 : rows;
+                Py_ssize_t c1 = c0 + 32 < cols ? c0 + 32 : cols;
+                for (Py_ssize_t r = r0; r < r1; r++)
+                    for (Py_ssize_t c = c0; c < c1; c++) dst[c * rows + r] = src[r * cols + c];
+            }
+    }
+
+    RNN_DEFINE_CELLS(float, f, rnn_sigmoidf, rnn_tanhf)
+    RNN_DEFINE_CELLS(double, d, rnn_sigmoid, rnn_tanh)
+    """
+    void rnn_lstm_fwd_f(Py_ssize_t H, float* gi, float* gf, float* gg, float* go,
+                        const float* bias, const float* c_prev, float* c_new,
+                        float* h) noexcept nogil
+    void rnn_lstm_fwd_d(Py_ssize_t H, double* gi, double* gf, double* gg, double* go,
+                        const double* bias, const double* c_prev, double* c_new,
+                        double* h) noexcept nogil
+    void rnn_lstm_bwd_f(Py_ssize_t H, float* gi, float* gf, float* gg, float* go,
+                        const float* c, const float* c_prev, const float* dy,
+                        const float* dh_rec, float* dc) noexcept nogil
+    void rnn_lstm_bwd_d(Py_ssize_t H, double* gi, double* gf, double* gg, double* go,
+                        const double* c, const double* c_prev, const double* dy,
+                        const double* dh_rec, double* dc) noexcept nogil
+    void rnn_gru_fwd_f(Py_ssize_t H, float* ar, float* az, float* an, float* ahn,
+                       const float* gh, const float* bias, const float* bias_hn,
+                       const float* h_prev, float* h) noexcept nogil
+    void rnn_gru_fwd_d(Py_ssize_t H, double* ar, double* az, double* an, double* ahn,
+                       const double* gh, const double* bias, const double* bias_hn,
+                       const double* h_prev, double* h) noexcept nogil
+    void rnn_gru_bwd_f(Py_ssize_t H, float* ar, float* az, float* an, const float* ahn,
+                       float* dgh, const float* h_prev, const float* dy,
+                       float* dh) noexcept nogil
+    void rnn_gru_bwd_d(Py_ssize_t H, double* ar, double* az, double* an,
+                       const double* ahn, double* dgh, const double* h_prev,
+                       const double* dy, double* dh) noexcept nogil
+    void rnn_elman_fwd_f(Py_ssize_t H, int relu, const float* bias, float* h) noexcept nogil
+    void rnn_elman_fwd_d(Py_ssize_t H, int relu, const double* bias, double* h) noexcept nogil
+    void rnn_elman_bwd_f(Py_ssize_t H, int relu, const float* h, const float* dy,
+                         const float* dh_rec, float* dg) noexcept nogil
+    void rnn_elman_bwd_d(Py_ssize_t H, int relu, const double* h, const double* dy,
+                         const double* dh_rec, double* dg) noexcept nogil
+    void rnn_sgemm_rows(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* a,
+                        Py_ssize_t lda, const float* w, Py_ssize_t ldw, float* c,
+                        Py_ssize_t ldc, int accumulate) noexcept nogil
+    void rnn_transpose_f(Py_ssize_t rows, Py_ssize_t cols, const float* src,
+                         float* dst) noexcept nogil
+    void rnn_colsum_add_f(Py_ssize_t rows, Py_ssize_t cols, const float* a,
+                          Py_ssize_t lda, float* out) noexcept nogil
+    void rnn_colsum_add_d(Py_ssize_t rows, Py_ssize_t cols, const double* a,
+                          Py_ssize_t lda, double* out) noexcept nogil
+
+
+# Per step, batch rows are cut into chunks (fixed by the shapes) that threads
+# take: each chunk runs its slice of the hidden GEMM and the fused gate pass.
+# Every chunk repacks W_hh inside BLAS, so chunks stay at least this big.
+cdef Py_ssize_t _STEP_MIN_ROWS = 16
+cdef double _STEP_MIN_FLOPS = 1.0e6
+cdef Py_ssize_t _MAX_CHUNKS = 8
+# Column block of the bias-gradient sums (one block per task, rows in order).
+cdef Py_ssize_t _DB_BLOCK = 64
+
+
+cdef Py_ssize_t rnn_num_gates(int mode) noexcept nogil:
+    if mode == RNN_TANH or mode == RNN_RELU:
+        return 1
+    if mode == RNN_LSTM:
+        return 4
+    if mode == RNN_GRU:
+        return 3
+    return 0
+
+
+cdef inline Py_ssize_t _acts_width(const rnn_dims* d) noexcept nogil:
+    """Row width of the stored gate activations (LSTM i,f,g,o; GRU r,z,n,hn)."""
+    return 4 * d.H if (d.mode == RNN_LSTM or d.mode == RNN_GRU) else 0
+
+
+cdef Py_ssize_t rnn_workspace_size(const rnn_dims* d) noexcept nogil:
+    cdef Py_ssize_t TB = d.T * d.B, BH = d.B * d.H, H = d.H
+    if d.mode == RNN_LSTM:    # acts | cells | dh | dc
+        return TB * 4 * H + TB * H + 2 * BH
+    if d.mode == RNN_GRU:     # acts | step gh | d gates_h | dh
+        return TB * 4 * H + d.B * 3 * H + TB * 3 * H + BH
+    return TB * H + BH        # Elman: d gates | dh
+
+
+cdef inline Py_ssize_t _time_index(const rnn_dims* d, Py_ssize_t s) noexcept nogil:
+    """Time index of processing step s (steps run backwards in time when reversed)."""
+    return d.T - 1 - s if d.reverse else s
+
+
+cdef inline Py_ssize_t _step_chunks(const rnn_dims* d) noexcept nogil:
+    cdef Py_ssize_t G = rnn_num_gates(d.mode)
+    return work_chunks(d.B // _STEP_MIN_ROWS, 2.0 * d.B * G * d.H * d.H,
+                       _STEP_MIN_FLOPS, _MAX_CHUNKS)
+
+
+cdef int _check_dims(const rnn_dims* d) noexcept nogil:
+    if rnn_num_gates(d.mode) == 0:
+        return ENGINE_EBADARG
+    if d.T < 1 or d.B < 1 or d.I < 1 or d.H < 1 or d.ldy < d.H:
+        return ENGINE_EBADARG
+    return ENGINE_OK
+
+
+cdef void _colsum_add(Py_ssize_t rows, Py_ssize_t cols, const floating* a,
+                      Py_ssize_t lda, floating* out) noexcept nogil:
+    """out[j] += sum_r a[r, j], column blocks in parallel, rows in fixed order."""
+    cdef Py_ssize_t blk, lo, nblk = ceil_div(cols, _DB_BLOCK)
+    for blk in prange(nblk, nogil=True, schedule='static',
+                      num_threads=engine_num_threads()):
+        lo = blk * _DB_BLOCK
+        if floating is float:
+            rnn_colsum_add_f(rows, min(cols - lo, _DB_BLOCK), a + lo, lda, out + lo)
+        else:
+            rnn_colsum_add_d(rows, min(cols - lo, _DB_BLOCK), a + lo, lda, out + lo)
+
+
+cdef inline void _hidden_gemm(int rows, int N, int K, const floating* a, Py_ssize_t lda,
+                              const floating* w_hh, const floating* w_hh_t,
+                              floating beta, floating* c, Py_ssize_t ldc) noexcept nogil:
+    """c = beta * c + a @ w_hh^T for one step's rows (w_hh_t = w_hh^T, float32 only)."""
+    if floating is float:
+        rnn_sgemm_rows(rows, N, K, a, lda, w_hh_t, N, c, ldc, beta != 0)
+    else:
+        gemm(False, True, rows, N, K, <floating>1, a, <int>lda, w_hh, K, beta, c, <int>ldc)
+
+
+cdef inline void _hidden_grad_gemm(int rows, int N, int K, const floating* a,
+                                   Py_ssize_t lda, const floating* w_hh, floating beta,
+                                   floating* c, Py_ssize_t ldc) noexcept nogil:
+    """c = beta * c + a @ w_hh for one step's rows (a: gate gradients, K = G*H)."""
+    if floating is float:
+        rnn_sgemm_rows(rows, N, K, a, lda, w_hh, N, c, ldc, beta != 0)
+    else:
+        gemm(False, False, rows, N, K, <floating>1, a, <int>lda, w_hh, N, beta, c, <int>ldc)
+
+
+cdef void _forward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
+                        const floating* w_hh, const floating* w_hh_t, const floating* bias,
+                        const floating* bias_hn, const floating* h_prev,
+                        Py_ssize_t ld_hp, const floating* c_prev, floating* c_new,
+                        floating* acts, floating* gh, floating* y_t) noexcept nogil:
+    """One time step for batch rows [b0, b1): hidden GEMM, then the fused gates."""
+    cdef Py_ssize_t H = d.H, ldy = d.ldy, b
+    cdef int rows = <int>(b1 - b0)
+    cdef floating* a
+    cdef unsigned int fp_mode = engine_ftz_enter()
+    if d.mode == RNN_LSTM:
+        # acts_t already holds x W_ih^T; add h_{t-1} W_hh^T on top.
+        _hidden_gemm(rows, <int>(4 * H), <int>H, h_prev + b0 * ld_hp, ld_hp, w_hh, w_hh_t,
+                     <floating>1, acts + b0 * 4 * H, 4 * H)
+        for b in range(b0, b1):
+            a = acts + b * 4 * H
+            if floating is float:
+                rnn_lstm_fwd_f(H, a, a + H, a + 2 * H, a + 3 * H, bias, c_prev + b * H,
+                               c_new + b * H, y_t + b * ldy)
+            else:
+                rnn_lstm_fwd_d(H, a, a + H, a + 2 * H, a + 3 * H, bias, c_prev + b * H,
+                               c_new + b * H, y_t + b * ldy)
+    elif d.mode == RNN_GRU:
+        # The hidden part stays separate: n needs r * (W_hn h + b_hn).
+        _hidden_gemm(rows, <int>(3 * H), <int>H, h_prev + b0 * ld_hp, ld_hp, w_hh, w_hh_t,
+                     <floating>0, gh + b0 * 3 * H, 3 * H)
+        for b in range(b0, b1):
+            a = acts + b * 4 * H
+            if floating is float:
+                rnn_gru_fwd_f(H, a, a + H, a + 2 * H, a + 3 * H, gh + b * 3 * H, bias,
+                              bias_hn, h_prev + b * ld_hp, y_t + b * ldy)
+            else:
+                rnn_gru_fwd_d(H, a, a + H, a + 2 * H, a + 3 * H, gh + b * 3 * H, bias,
+                              bias_hn, h_prev + b * ld_hp, y_t + b * ldy)
+    else:
+        # Elman: y_t holds x W_ih^T; the activation is applied in place.
+        _hidden_gemm(rows, <int>H, <int>H, h_prev + b0 * ld_hp, ld_hp, w_hh, w_hh_t,
+                     <floating>1, y_t + b0 * ldy, ldy)
+        for b in range(b0, b1):
+            if floating is float:
+                rnn_elman_fwd_f(H, d.mode == RNN_RELU, bias, y_t + b * ldy)
+            else:
+                rnn_elman_fwd_d(H, d.mode == RNN_RELU, bias, y_t + b * ldy)
+    engine_ftz_exit(fp_mode)
+
+
+cdef int rnn_forward(const rnn_dims* d, const floating* x,
+                     const floating* w_ih, const floating* w_hh,
+                     const floating* b_ih, const floating* b_hh,
+                     const floating* h0, const floating* c0,
+                     floating* y, floating* h_n, floating* c_n,
+                     floating* ws) noexcept nogil:
+    cdef Py_ssize_t T = d.T, B = d.B, I = d.I, H = d.H, ldy = d.ldy
+    cdef Py_ssize_t G = rnn_num_gates(d.mode), TB = d.T * d.B, BH = d.B * d.H
+    cdef Py_ssize_t AW = _acts_width(d)
+    cdef Py_ssize_t s, t, tp, k, b, c, b0, b1, nchunks, step
+    cdef bint training = ws != NULL
+    cdef floating* buf = NULL
+    cdef floating* bias = NULL
+    cdef floating* bias_hn
+    cdef floating* w_hh_t = NULL
+    cdef floating* acts = NULL
+    cdef floating* cells = NULL
+    cdef floating* gh = NULL
+    cdef const floating* h_prev
+    cdef const floating* c_prev = NULL
+    cdef floating* c_new = NULL
+    cdef Py_ssize_t ld_hp
+    cdef unsigned int fp_mode
+    if _check_dims(d) != ENGINE_OK:
+        return ENGINE_EBADARG
+    if x == NULL or w_ih == NULL or w_hh == NULL or h0 == NULL or y == NULL or h_n == NULL:
+        return ENGINE_EBADARG
+    if d.mode == RNN_LSTM and (c0 == NULL or c_n == NULL):
+        return ENGINE_EBADARG
+
+    # Buffers: the gate activations (and LSTM cells) live in the training
+    # workspace; inference uses a per-call buffer (thread-safe by ownership).
+    if training:
+        acts = ws
+        if d.mode == RNN_LSTM:
+            cells = ws + TB * AW
+        elif d.mode == RNN_GRU:
+            gh = ws + TB * AW
+    elif d.mode == RNN_LSTM or d.mode == RNN_GRU:
+        # LSTM: acts | two cell rows used alternately; GRU: acts | step gh.
+        buf = <floating*>malloc((TB * AW + 3 * BH) * sizeof(floating))
+        if buf == NULL:
+            return ENGINE_ENOMEM
+        acts = buf
+        cells = buf + TB * AW
+        gh = buf + TB * AW
+    # Combined biases: b_ih + b_hh, except the GRU's b_hn that stays inside r * (.).
+    # For float32 also W_hh^T, the layout the per-step kernel streams.
+    bias = <floating*>calloc((G + 1) * H + (G * H * H if floating is float else 0),
+                             sizeof(floating))
+    if bias == NULL:
+        free(buf)
+        return ENGINE_ENOMEM
+    if floating is float:
+        w_hh_t = bias + (G + 1) * H
+        rnn_transpose_f(G * H, H, w_hh, w_hh_t)
+    bias_hn = bias + G * H
+    for k in range(G * H):
+        if b_ih != NULL:
+            bias[k] += b_ih[k]
+        if b_hh != NULL:
+            if d.mode == RNN_GRU and k >= 2 * H:
+                bias_hn[k - 2 * H] = b_hh[k]
+            else:
+                bias[k] += b_hh[k]
+
+    fp_mode = engine_ftz_enter()
+    # Input projection of every step at once.
+    if AW > 0:
+        gemm_parallel(False, True, <int>TB, <int>(G * H), <int>I, <floating>1, x, <int>I,
+                      w_ih, <int>I, <floating>0, acts, <int>AW)
+    else:
+        gemm_parallel(False, True, <int>TB, <int>H, <int>I, <floating>1, x, <int>I,
+                      w_ih, <int>I, <floating>0, y, <int>ldy)
+
+    nchunks = _step_chunks(d)
+    step = ceil_div(B, nchunks)
+    for s in range(T):
+        t = _time_index(d, s)
+        if s == 0:
+            h_prev = h0
+            ld_hp = H
+        else:
+            tp = _time_index(d, s - 1)
+            h_prev = y + tp * B * ldy
+            ld_hp = ldy
+        if d.mode == RNN_LSTM:
+            if training:
+                c_new = cells + t * BH
+                c_prev = c0 if s == 0 else cells + tp * BH
+            else:
+                c_new = cells + (s % 2) * BH
+                c_prev = c0 if s == 0 else cells + ((s + 1) % 2) * BH
+        if nchunks == 1:
+            _forward_rows(d, 0, B, w_hh, w_hh_t, bias, bias_hn, h_prev, ld_hp, c_prev, c_new,
+                          acts + t * B * AW, gh, y + t * B * ldy)
+        else:
+            for c in prange(nchunks, nogil=True, schedule='static',
+                            num_threads=engine_num_threads()):
+                b0 = c * step
+                b1 = min(B, b0 + step)
+                if b0 < b1:
+                    _forward_rows(d, b0, b1, w_hh, w_hh_t, bias, bias_hn, h_prev, ld_hp, c_prev,
+                                  c_new, acts + t * B * AW, gh, y + t * B * ldy)
+
+    # Final states: the last processed step.
+    t = _time_index(d, T - 1)
+    for b in range(B):
+        memcpy(h_n + b * H, y + (t * B + b) * ldy, H * sizeof(floating))
+    if d.mode == RNN_LSTM:
+        memcpy(c_n, c_new, BH * sizeof(floating))
+    engine_ftz_exit(fp_mode)
+    free(bias)
+    free(buf)
+    return ENGINE_OK
+
+
+cdef void _backward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
+                         const floating* w_hh, const floating* dg_next, Py_ssize_t ldg,
+                         floating* dh, floating* dc, floating* acts_t, floating* dgh_t,
+                         const floating* cell_t, const floating* c_prev,
+                         const floating* h_prev, Py_ssize_t ld_hp,
+                         const floating* y_t, const floating* dy_t) noexcept nogil:
+    """One backward step for batch rows [b0, b1): dh = dG_next W_hh, then the fused gates.
+
+    dg_next is the hidden-side gate gradient of the step processed after this
+    one in the forward pass (NULL for the last step, where dh holds d_hn).
+    """
+    cdef Py_ssize_t H = d.H, ldy = d.ldy, b
+    cdef int rows = <int>(b1 - b0)
+    cdef floating* a
+    cdef unsigned int fp_mode = engine_ftz_enter()
+    if d.mode == RNN_LSTM:
+        if dg_next != NULL:
+            _hidden_grad_gemm(rows, <int>H, <int>(4 * H), dg_next + b0 * ldg, ldg, w_hh,
+                              <floating>0, dh + b0 * H, H)
+        for b in range(b0, b1):
+            a = acts_t + b * 4 * H
+            if floating is float:
+                rnn_lstm_bwd_f(H, a, a + H, a + 2 * H, a + 3 * H, cell_t + b * H,
+                               c_prev + b * H, dy_t + b * ldy, dh + b * H, dc + b * H)
+            else:
+                rnn_lstm_bwd_d(H, a, a + H, a + 2 * H, a + 3 * H, cell_t + b * H,
+                               c_prev + b * H, dy_t + b * ldy, dh + b * H, dc + b * H)
+    elif d.mode == RNN_GRU:
+        # dh already holds the direct term dh_next * z; add the gates' part.
+        if dg_next != NULL:
+            _hidden_grad_gemm(rows, <int>H, <int>(3 * H), dg_next + b0 * ldg, ldg, w_hh,
+                              <floating>1, dh + b0 * H, H)
+        for b in range(b0, b1):
+            a = acts_t + b * 4 * H
+            if floating is float:
+                rnn_gru_bwd_f(H, a, a + H, a + 2 * H, a + 3 * H, dgh_t + b * 3 * H,
+                              h_prev + b * ld_hp, dy_t + b * ldy, dh + b * H)
+            else:
+                rnn_gru_bwd_d(H, a, a + H, a + 2 * H, a + 3 * H, dgh_t + b * 3 * H,
+                              h_prev + b * ld_hp, dy_t + b * ldy, dh + b * H)
+    else:
+        if dg_next != NULL:
+            _hidden_grad_gemm(rows, <int>H, <int>H, dg_next + b0 * ldg, ldg, w_hh,
+                              <floating>0, dh + b0 * H, H)
+        for b in range(b0, b1):
+            if floating is float:
+                rnn_elman_bwd_f(H, d.mode == RNN_RELU, y_t + b * ldy, dy_t + b * ldy,
+                                dh + b * H, acts_t + b * H)
+            else:
+                rnn_elman_bwd_d(H, d.mode == RNN_RELU, y_t + b * ldy, dy_t + b * ldy,
+                                dh + b * H, acts_t + b * H)
+    engine_ftz_exit(fp_mode)
+
+
+cdef int _merged_weight_grads(const rnn_dims* d, const floating* x, const floating* y,
+                              const floating* h0, const floating* dg, Py_ssize_t ldg,
+                              floating* grad_w_ih, floating* grad_w_hh) noexcept nogil:
+    """[grad W_ih | grad W_hh] += dG^T [x_t | h_{t-1}]: ONE GEMM with K = T*B.
+
+    For the LSTM and Elman RNN the input and hidden sides share dG, so both
+    weight gradients come from one product (dG is packed once, not twice).
+    Returns ENGINE_ENOMEM (caller falls back to two GEMMs) if buffers fail.
+    """
+    cdef Py_ssize_t T = d.T, B = d.B, I = d.I, H = d.H, W = d.I + d.H
+    cdef Py_ssize_t GH = rnn_num_gates(d.mode) * d.H, s, t, b, k, j
+    cdef const floating* hp
+    cdef Py_ssize_t ld_hp
+    cdef floating* xh = <floating*>malloc(T * B * W * sizeof(floating))
+    cdef floating* prod = <floating*>malloc(GH * W * sizeof(floating))
+    if xh == NULL or prod == NULL:
+        free(xh)
+        free(prod)
+        return ENGINE_ENOMEM
+    for s in range(T):
+        t = _time_index(d, s)
+        if s == 0:
+            hp, ld_hp = h0, H
+        else:
+            hp, ld_hp = y + _time_index(d, s - 1) * B * d.ldy, d.ldy
+        for b in range(B):
+            memcpy(xh + (t * B + b) * W, x + (t * B + b) * I, I * sizeof(floating))
+            memcpy(xh + (t * B + b) * W + I, hp + b * ld_hp, H * sizeof(floating))
+    gemm_parallel(True, False, <int>GH, <int>W, <int>(T * B), <floating>1, dg, <int>ldg,
+                  xh, <int>W, <floating>0, prod, <int>W)
+    for k in range(GH):
+        for j in range(I):
+            grad_w_ih[k * I + j] += prod[k * W + j]
+        for j in range(H):
+            grad_w_hh[k * H + j] += prod[k * W + I + j]
+    free(xh)
+    free(prod)
+    return ENGINE_OK
+
+
+cdef void _separate_weight_grads(const rnn_dims* d, const floating* x, const floating* y,
+                                 const floating* h0, const floating* dgx, Py_ssize_t ldgx,
+                                 const floating* dgh, Py_ssize_t ldgh, floating* grad_w_ih,
+                                 floating* grad_w_hh) noexcept nogil:
+    """grad W_ih += dGx^T x and grad W_hh += dGh^T h_prev, GEMMs with K = T*B."""
+    cdef Py_ssize_t T = d.T, B = d.B, I = d.I, H = d.H, ldy = d.ldy
+    cdef Py_ssize_t GH = rnn_num_gates(d.mode) * d.H, t0 = _time_index(d, 0)
+    gemm_parallel(True, False, <int>GH, <int>I, <int>(T * B), <floating>1, dgx, <int>ldgx,
+                  x, <int>I, <floating>1, grad_w_ih, <int>I)
+    # The steps after the first pair with the outputs y of the step before
+    # (one GEMM), the first with h0.
+    if T > 1:
+        if d.reverse:
+            gemm_parallel(True, False, <int>GH, <int>H, <int>((T - 1) * B), <floating>1,
+                          dgh, <int>ldgh, y + B * ldy, <int>ldy, <floating>1,
+                          grad_w_hh, <int>H)
+        else:
+            gemm_parallel(True, False, <int>GH, <int>H, <int>((T - 1) * B), <floating>1,
+                          dgh + B * ldgh, <int>ldgh, y, <int>ldy, <floating>1,
+                          grad_w_hh, <int>H)
+    gemm_parallel(True, False, <int>GH, <int>H, <int>B, <floating>1,
+                  dgh + t0 * B * ldgh, <int>ldgh, h0, <int>H, <floating>1,
+                  grad_w_hh, <int>H)
+
+
+cdef int rnn_backward(const rnn_dims* d, const floating* x,
+                      const floating* w_ih, const floating* w_hh,
+                      const floating* y, const floating* h0, const floating* c0,
+                      floating* ws, const floating* d_y,
+                      const floating* d_hn, const floating* d_cn,
+                      floating* d_x, bint accumulate_dx,
+                      floating* d_h0, floating* d_c0,
+                      floating* grad_w_ih, floating* grad_w_hh,
+                      floating* grad_b_ih, floating* grad_b_hh) noexcept nogil:
+    cdef Py_ssize_t T = d.T, B = d.B, I = d.I, H = d.H, ldy = d.ldy
+    cdef Py_ssize_t G = rnn_num_gates(d.mode), GH, TB = d.T * d.B, BH = d.B * d.H
+    cdef Py_ssize_t AW = _acts_width(d)
+    cdef Py_ssize_t s, t, tp, t0, c, b0, b1, nchunks, step
+    cdef floating* acts          # per step: gate activations in, gate gradients out
+    cdef floating* cells = NULL
+    cdef floating* dgh = NULL
+    cdef floating* dh
+    cdef floating* dc = NULL
+    cdef floating* dgx           # gradients of the input-side gate pre-activations
+    cdef floating* dgh_all       # ... and of the hidden-side ones (differ for the GRU)
+    cdef Py_ssize_t ldgx, ldgh
+    cdef const floating* h_prev
+    cdef const floating* c_prev = NULL
+    cdef const floating* dg_next
+    cdef Py_ssize_t ld_hp
+    cdef unsigned int fp_mode
+    if _check_dims(d) != ENGINE_OK:
+        return ENGINE_EBADARG
+    if (x == NULL or w_ih == NULL or w_hh == NULL or y == NULL or h0 == NULL
+            or ws == NULL or d_y == NULL or grad_w_ih == NULL or grad_w_hh == NULL):
+        return ENGINE_EBADARG
+    if d.mode == RNN_LSTM and c0 == NULL:
+        return ENGINE_EBADARG
+    GH = G * H
+
+    if d.mode == RNN_LSTM:
+        acts = ws
+        cells = ws + TB * AW
+        dh = cells + TB * H
+        dc = dh + BH
+        dgx = dgh_all = acts
+        ldgx = ldgh = AW
+    elif d.mode == RNN_GRU:
+        acts = ws
+        dgh = ws + TB * AW + B * 3 * H
+        dh = dgh + TB * 3 * H
+        dgx = acts
+        ldgx = AW
+        dgh_all = dgh
+        ldgh = 3 * H
+    else:
+        acts = ws           # Elman: (T, B, H) gate gradients
+        dh = ws + TB * H
+        dgx = dgh_all = acts
+        ldgx = ldgh = H
+
+    if d_hn != NULL:
+        memcpy(dh, d_hn, BH * sizeof(floating))
+    else:
+        memset(dh, 0, BH * sizeof(floating))
+    if d.mode == RNN_LSTM:
+        if d_cn != NULL:
+            memcpy(dc, d_cn, BH * sizeof(floating))
+        else:
+            memset(dc, 0, BH * sizeof(floating))
+
+    fp_mode = engine_ftz_enter()
+    nchunks = _step_chunks(d)
+    step = ceil_div(B, nchunks)
+    for s in range(T - 1, -1, -1):
+        t = _time_index(d, s)
+        if s == 0:
+            h_prev = h0
+            ld_hp = H
+            c_prev = c0
+        else:
+            tp = _time_index(d, s - 1)
+            h_prev = y + tp * B * ldy
+            ld_hp = ldy
+            if cells != NULL:
+                c_prev = cells + tp * BH
+        dg_next = NULL if s == T - 1 else dgh_all + _time_index(d, s + 1) * B * ldgh
+        if nchunks == 1:
+            _backward_rows(d, 0, B, w_hh, dg_next, ldgh, dh, dc,
+                           acts + t * B * (AW if AW > 0 else H),
+                           dgh + t * B * 3 * H if dgh != NULL else NULL,
+                           cells + t * BH if cells != NULL else NULL, c_prev,
+                           h_prev, ld_hp, y + t * B * ldy, d_y + t * B * ldy)
+        else:
+            for c in prange(nchunks, nogil=True, schedule='static',
+                            num_threads=engine_num_threads()):
+                b0 = c * step
+                b1 = min(B, b0 + step)
+                if b0 < b1:
+                    _backward_rows(d, b0, b1, w_hh, dg_next, ldgh, dh, dc,
+                                   acts + t * B * (AW if AW > 0 else H),
+                                   dgh + t * B * 3 * H if dgh != NULL else NULL,
+                                   cells + t * BH if cells != NULL else NULL, c_prev,
+                                   h_prev, ld_hp, y + t * B * ldy, d_y + t * B * ldy)
+
+    # Gradients of the initial states: the recurrence once more, from step 0.
+    t0 = _time_index(d, 0)
+    if d_h0 != NULL:
+        if d.mode == RNN_GRU:
+            memcpy(d_h0, dh, BH * sizeof(floating))
+        gemm_parallel(False, False, <int>B, <int>H, <int>GH, <floating>1,
+                      dgh_all + t0 * B * ldgh, <int>ldgh, w_hh, <int>H,
+                      <floating>(1 if d.mode == RNN_GRU else 0), d_h0, <int>H)
+    if d.mode == RNN_LSTM and d_c0 != NULL:
+        memcpy(d_c0, dc, BH * sizeof(floating))
+
+    # The merged GEMMs, K = T*B.
+    if d_x != NULL:
+        gemm_parallel(False, False, <int>TB, <int>I, <int>GH, <floating>1, dgx, <int>ldgx,
+                      w_ih, <int>I, <floating>(1 if accumulate_dx else 0), d_x, <int>I)
+    if dgx != dgh_all or _merged_weight_grads(d, x, y, h0, dgx, ldgx, grad_w_ih,
+                                              grad_w_hh) != ENGINE_OK:
+        _separate_weight_grads(d, x, y, h0, dgx, ldgx, dgh_all, ldgh, grad_w_ih, grad_w_hh)
+    if grad_b_ih != NULL:
+        _colsum_add(TB, GH, dgx, ldgx, grad_b_ih)
+    if grad_b_hh != NULL:
+        _colsum_add(TB, GH, dgh_all, ldgh, grad_b_hh)
+    engine_ftz_exit(fp_mode)
+    return ENGINE_OK
+
+
+# ---------------------------------------------------------------------------
+# Python entries
+
+_MODES = {"RNN_TANH": RNN_TANH, "RNN_RELU": RNN_RELU, "LSTM": RNN_LSTM, "GRU": RNN_GRU}
+
+
+def _mode_id(mode):
+    try:
+        return _MODES[mode]
+    except (KeyError, TypeError):
+        raise ValueError(f"mode must be one of {sorted(_MODES)}, got {mode!r}") from None
+
+
+def _workspace_size_py(mode, T, B, H):
+    """Elements of the training workspace of one layer and direction."""
+    cdef rnn_dims d
+    d.mode = _mode_id(mode)
+    d.T, d.B, d.H, d.I, d.ldy, d.reverse = T, B, H, 1, H, False
+    return int(rnn_workspace_size(&d))
+
+
+cdef inline floating* _ptr(floating[::1] a) noexcept:
+    return NULL if a is None else &a[0]
+
+
+def _flat(a):
+    return None if a is None else a.reshape(-1)
+
+
+def _check_state(h, name, B, H, dtype):
+    h = float_array(h, name, ndim=2, dtype=dtype)
+    if h.shape != (B, H):
+        raise ValueError(f"{name} must have shape {(B, H)} (batch, hidden_size), "
+                         f"got {h.shape}")
+    return h
+
+
+def _check_common(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, out, out_offset):
+    m = _mode_id(mode)
+    G = rnn_num_gates(m)
+    x = float_array(x, "x", ndim=3)
+    T, B, I = x.shape
+    if T < 1 or B < 1 or I < 1:
+        raise ValueError(f"x must have non-empty (seq_len, batch, input_size), got {x.shape}")
+    w_hh = float_array(w_hh, "w_hh", ndim=2, dtype=x.dtype)
+    H = w_hh.shape[1]
+    if H < 1 or w_hh.shape[0] != G * H:
+        raise ValueError(f"w_hh must have shape ({G}*hidden_size, hidden_size) for {mode}, "
+                         f"got {w_hh.shape}")
+    w_ih = float_array(w_ih, "w_ih", ndim=2, dtype=x.dtype)
+    if w_ih.shape != (G * H, I):
+        raise ValueError(f"w_ih must have shape {(G * H, I)} (gates*hidden, input_size "
+                         f"of x), got {w_ih.shape}")
+    if b_ih is not None:
+        b_ih = float_array(b_ih, "b_ih", ndim=1, dtype=x.dtype)
+        if b_ih.shape != (G * H,):
+            raise ValueError(f"b_ih must have shape {(G * H,)}, got {b_ih.shape}")
+    if b_hh is not None:
+        b_hh = float_array(b_hh, "b_hh", ndim=1, dtype=x.dtype)
+        if b_hh.shape != (G * H,):
+            raise ValueError(f"b_hh must have shape {(G * H,)}, got {b_hh.shape}")
+    h0 = (np.zeros((B, H), x.dtype) if h0 is None
+          else _check_state(h0, "h0", B, H, x.dtype))
+    if m == RNN_LSTM:
+        c0 = (np.zeros((B, H), x.dtype) if c0 is None
+              else _check_state(c0, "c0", B, H, x.dtype))
+    else:
+        c0 = None
+    if out is not None:
+        if not isinstance(out, np.ndarray) or out.dtype != x.dtype:
+            raise TypeError(f"out must be a {x.dtype} array")
+        if (out.ndim != 3 or out.shape[:2] != (T, B) or out_offset < 0
+                or out.shape[2] < out_offset + H):
+            raise ValueError(f"out must have shape ({T}, {B}, >= {out_offset + H}) to hold "
+                             f"hidden_size={H} columns at offset {out_offset}, got {out.shape}")
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("out must be a writeable C-contiguous array")
+    for name, v in (("seq_len*batch", T * B), ("input_size", I), ("gates*hidden", G * H)):
+        check_blas_size(name, v)
+    return m, x, w_ih, w_hh, b_ih, b_hh, h0, c0
+
+
+def _check_workspace(ws, size, dtype):
+    if (not isinstance(ws, np.ndarray) or ws.dtype != dtype or ws.ndim != 1
+            or ws.size < size or not ws.flags.c_contiguous or not ws.flags.writeable):
+        raise ValueError(f"workspace must be a writeable 1-D {np.dtype(dtype)} array of at "
+                         f"least {size} elements (rnn.workspace_size), got "
+                         f"{getattr(ws, 'shape', type(ws).__name__)}")
+
+
+cdef _forward_call(rnn_dims* d, floating[::1] x, floating[::1] w_ih, floating[::1] w_hh,
+                   floating[::1] b_ih, floating[::1] b_hh, floating[::1] h0,
+                   floating[::1] c0, floating[::1] y, Py_ssize_t y_offset,
+                   floating[::1] h_n, floating[::1] c_n, floating[::1] ws):
+    cdef int rc
+    cdef const floating* px = _ptr(x)
+    cdef const floating* pw_ih = _ptr(w_ih)
+    cdef const floating* pw_hh = _ptr(w_hh)
+    cdef const floating* pb_ih = _ptr(b_ih)
+    cdef const floating* pb_hh = _ptr(b_hh)
+    cdef const floating* ph0 = _ptr(h0)
+    cdef const floating* pc0 = _ptr(c0)
+    cdef floating* py = _ptr(y) + y_offset
+    cdef floating* ph_n = _ptr(h_n)
+    cdef floating* pc_n = _ptr(c_n)
+    cdef floating* pws = _ptr(ws)
+    with nogil:
+        rc = rnn_forward(d, px, pw_ih, pw_hh, pb_ih, pb_hh, ph0, pc0, py, ph_n, pc_n, pws)
+    if rc == ENGINE_ENOMEM:
+        raise MemoryError("rnn_forward: could not allocate its gate buffer")
+    if rc != ENGINE_OK:
+        raise RuntimeError(f"rnn_forward failed with code {rc}")
+
+
+def _rnn_forward_py(mode, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *,
+                    reverse=False, out=None, out_offset=0, workspace=None):
+    """Forward of one recurrent layer in one direction over a whole sequence.
+
+    Args:
+        mode: 'RNN_TANH', 'RNN_RELU', 'LSTM' or 'GRU'.
+        x: (T, B, I) float32/float64 input.
+        w_ih: (G*H, I); w_hh: (G*H, H); b_ih, b_hh: (G*H,) or None (torch's
+            gate order: LSTM i, f, g, o; GRU r, z, n).
+        h0, c0: (B, H) initial states, zeros when None (c0 for the LSTM only).
+        reverse: run from the last step to the first (backward direction).
+        out: optional (T, B, D) array; the outputs go to columns
+            [out_offset, out_offset + H) (a bidirectional layer's halves).
+        workspace: None for inference, or a 1-D array of
+            workspace_size(mode, T, B, H) elements that keeps what
+            rnn_backward needs.
+
+    Returns:
+        (out, h_n, c_n): c_n is None except for the LSTM.
+    """
+    m, x, w_ih, w_hh, b_ih, b_hh, h0, c0 = _check_common(
+        mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, out, out_offset)
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    if out is None:
+        out = np.empty((T, B, H), x.dtype)
+        out_offset = 0
+    cdef rnn_dims d
+    d.mode, d.T, d.B, d.I, d.H = m, T, B, I, H
+    d.ldy, d.reverse = out.shape[2], bool(reverse)
+    if workspace is not None:
+        _check_workspace(workspace, rnn_workspace_size(&d), x.dtype)
+    h_n = np.empty((B, H), x.dtype)
+    c_n = np.empty((B, H), x.dtype) if m == RNN_LSTM else None
+    if x.dtype == np.float32:
+        _forward_call[float](&d, x.reshape(-1), w_ih.reshape(-1), w_hh.reshape(-1),
+                             _flat(b_ih), _flat(b_hh), h0.reshape(-1), _flat(c0),
+                             out.reshape(-1), out_offset, h_n.reshape(-1), _flat(c_n),
+                             workspace)
+    else:
+        _forward_call[double](&d, x.reshape(-1), w_ih.reshape(-1), w_hh.reshape(-1),
+                              _flat(b_ih), _flat(b_hh), h0.reshape(-1), _flat(c0),
+                              out.reshape(-1), out_offset, h_n.reshape(-1), _flat(c_n),
+                              workspace)
+    return out, h_n, c_n
+
+
+cdef _backward_call(rnn_dims* d, floating[::1] x, floating[::1] w_ih, floating[::1] w_hh,
+                    floating[::1] y, Py_ssize_t y_offset, floating[::1] h0,
+                    floating[::1] c0, floating[::1] ws, floating[::1] d_y,
+                    floating[::1] d_hn, floating[::1] d_cn, floating[::1] d_x,
+                    bint accumulate_dx, floating[::1] d_h0, floating[::1] d_c0,
+                    floating[::1] g_w_ih, floating[::1] g_w_hh, floating[::1] g_b_ih,
+                    floating[::1] g_b_hh):
+    cdef int rc
+    cdef const floating* px = _ptr(x)
+    cdef const floating* pw_ih = _ptr(w_ih)
+    cdef const floating* pw_hh = _ptr(w_hh)
+    cdef const floating* py = _ptr(y) + y_offset
+    cdef const floating* ph0 = _ptr(h0)
+    cdef const floating* pc0 = _ptr(c0)
+    cdef floating* pws = _ptr(ws)
+    cdef const floating* pdy = _ptr(d_y) + y_offset
+    cdef const floating* pd_hn = _ptr(d_hn)
+    cdef const floating* pd_cn = _ptr(d_cn)
+    cdef floating* pd_x = _ptr(d_x)
+    cdef floating* pd_h0 = _ptr(d_h0)
+    cdef floating* pd_c0 = _ptr(d_c0)
+    cdef floating* pg_w_ih = _ptr(g_w_ih)
+    cdef floating* pg_w_hh = _ptr(g_w_hh)
+    cdef floating* pg_b_ih = _ptr(g_b_ih)
+    cdef floating* pg_b_hh = _ptr(g_b_hh)
+    with nogil:
+        rc = rnn_backward(d, px, pw_ih, pw_hh, py, ph0, pc0, pws, pdy, pd_hn, pd_cn,
+                          pd_x, accumulate_dx, pd_h0, pd_c0, pg_w_ih, pg_w_hh,
+                          pg_b_ih, pg_b_hh)
+    if rc != ENGINE_OK:
+        raise RuntimeError(f"rnn_backward failed with code {rc}")
+
+
+def _grad_array(g, name, shape, dtype):
+    if g is None:
+        return np.zeros(shape, dtype)
+    if (not isinstance(g, np.ndarray) or g.dtype != dtype or g.shape != tuple(shape)
+            or not g.flags.c_contiguous or not g.flags.writeable):
+        raise ValueError(f"{name} must be a writeable C-contiguous {np.dtype(dtype)} array "
+                         f"of shape {tuple(shape)}")
+    return g
+
+
+def _rnn_backward_py(mode, x, w_ih, w_hh, out, h0, c0, workspace, d_out, d_hn=None,
+                     d_cn=None, *, reverse=False, out_offset=0, bias=True, d_x=None,
+                     input_grad=True, grad_w_ih=None, grad_w_hh=None, grad_b_ih=None,
+                     grad_b_hh=None):
+    """Backward of one layer and direction after _rnn_forward_py(workspace=...).
+
+    `out`, `d_out` and `out_offset` describe the outputs as in the forward
+    call (d_out: gradient of the whole `out` array; this direction reads its
+    columns). The workspace is consumed. d_x, when given, is added to (the two
+    directions of a layer share one input); otherwise a fresh array is
+    returned (None with input_grad=False). grad_* arrays, when given, are
+    accumulated into; otherwise fresh ones are returned (bias grads only with
+    bias=True).
+
+    Returns:
+        (d_x, d_h0, d_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)
+    """
+    m, x, w_ih, w_hh, _, _, h0, c0 = _check_common(
+        mode, x, w_ih, w_hh, None, None, h0, c0, out, out_offset)
+    if out is None:
+        raise ValueError("out (the forward outputs) is required")
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    G = rnn_num_gates(m)
+    d_out = float_array(d_out, "d_out", ndim=3, dtype=x.dtype)
+    if d_out.shape != out.shape:
+        raise ValueError(f"d_out must have the shape of out {out.shape}, got {d_out.shape}")
+    if d_hn is not None:
+        d_hn = _check_state(d_hn, "d_hn", B, H, x.dtype)
+    if d_cn is not None and m == RNN_LSTM:
+        d_cn = _check_state(d_cn, "d_cn", B, H, x.dtype)
+    else:
+        d_cn = None
+    cdef rnn_dims d
+    d.mode, d.T, d.B, d.I, d.H = m, T, B, I, H
+    d.ldy, d.reverse = out.shape[2], bool(reverse)
+    _check_workspace(workspace, rnn_workspace_size(&d), x.dtype)
+    accumulate_dx = False
+    if input_grad:
+        if d_x is None:
+            d_x = np.empty_like(x)
+        else:
+            d_x = _grad_array(d_x, "d_x", x.shape, x.dtype)
+            accumulate_dx = True
+    else:
+        d_x = None
+    d_h0 = np.empty((B, H), x.dtype)
+    d_c0 = np.empty((B, H), x.dtype) if m == RNN_LSTM else None
+    grad_w_ih = _grad_array(grad_w_ih, "grad_w_ih", w_ih.shape, x.dtype)
+    grad_w_hh = _grad_array(grad_w_hh, "grad_w_hh", w_hh.shape, x.dtype)
+    if bias:
+        grad_b_ih = _grad_array(grad_b_ih, "grad_b_ih", (G * H,), x.dtype)
+        grad_b_hh = _grad_array(grad_b_hh, "grad_b_hh", (G * H,), x.dtype)
+    else:
+        grad_b_ih = grad_b_hh = None
+    if x.dtype == np.float32:
+        _backward_call[float](&d, x.reshape(-1), w_ih.reshape(-1), w_hh.reshape(-1),
+                              out.reshape(-1), out_offset, h0.reshape(-1), _flat(c0),
+                              workspace, d_out.reshape(-1), _flat(d_hn), _flat(d_cn),
+                              _flat(d_x), accumulate_dx, d_h0.reshape(-1), _flat(d_c0),
+                              grad_w_ih.reshape(-1), grad_w_hh.reshape(-1),
+                              _flat(grad_b_ih), _flat(grad_b_hh))
+    else:
+        _backward_call[double](&d, x.reshape(-1), w_ih.reshape(-1), w_hh.reshape(-1),
+                               out.reshape(-1), out_offset, h0.reshape(-1), _flat(c0),
+                               workspace, d_out.reshape(-1), _flat(d_hn), _flat(d_cn),
+                               _flat(d_x), accumulate_dx, d_h0.reshape(-1), _flat(d_c0),
+                               grad_w_ih.reshape(-1), grad_w_hh.reshape(-1),
+                               _flat(grad_b_ih), _flat(grad_b_hh))
+    return d_x, d_h0, d_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
+
+
+export_entries(globals(), rnn_forward=_rnn_forward_py, rnn_backward=_rnn_backward_py,
+               workspace_size=_workspace_size_py)
