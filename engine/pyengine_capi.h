@@ -14,6 +14,11 @@
  * engine. It also checks the table's version and that the parameter structs
  * below have the sizes the engine was compiled with.
  *
+ * Families: dense (pe_linear_*), activation (relu, sigmoid, tanh, softmax),
+ * conv (pe_conv2d_*), pool (max, average, adaptive average), rnn (RNN, LSTM,
+ * GRU forward), embedding. Inference (forward) entries only: training code
+ * should use the Cython API (the fused entries in the families' .pxd files).
+ *
  * Every entry is float32, runs without the GIL (OpenMP inside), touches no
  * Python object, and returns 0 or a negative error code:
  *   PE_EBADARG (-1) a size or argument out of range, PE_ENOMEM (-2) a
@@ -45,6 +50,33 @@ typedef struct {
     Py_ssize_t OH, OW;       /* output size: fill with pe_conv2d_output_size */
 } pe_conv2d_params;
 
+/* Mirror of engine/pool.pxd pool2d_params (bint is a C int). */
+typedef struct {
+    Py_ssize_t N, C, H, W;        /* input shape (NCHW) */
+    Py_ssize_t OH, OW;            /* output size: pe_pool_output_size per axis */
+    Py_ssize_t kh, kw;            /* window */
+    Py_ssize_t sh, sw;            /* stride */
+    Py_ssize_t ph, pw;            /* padding on each side (<= kernel / 2) */
+    Py_ssize_t dh, dw;            /* dilation (max pooling; 1 for average) */
+    int ceil_mode;                /* ceil instead of floor in the output size */
+    int count_include_pad;        /* average: padded zeros count in the divisor */
+    Py_ssize_t divisor_override;  /* average: fixed divisor when > 0 */
+} pe_pool2d_params;
+
+/* Mirror of engine/rnn.pxd rnn_dims. Layout as torch: x (T, B, I),
+   w_ih (G*H, I), w_hh (G*H, H), biases (G*H) or NULL, h0/c0/h_n/c_n (B, H),
+   y (T, B, ldy); G = 1 (RNN), 4 (LSTM: i, f, g, o), 3 (GRU: r, z, n). */
+#define PE_RNN_TANH 0
+#define PE_RNN_RELU 1
+#define PE_RNN_LSTM 2
+#define PE_RNN_GRU 3
+typedef struct {
+    int mode;          /* PE_RNN_TANH, PE_RNN_RELU, PE_RNN_LSTM or PE_RNN_GRU */
+    Py_ssize_t T, B, I, H;
+    Py_ssize_t ldy;    /* row stride of y in elements (>= H) */
+    int reverse;       /* run t = T-1 down to 0 */
+} pe_rnn_dims;
+
 /* The function pointers, filled by pyengine_import_capi(). */
 static int (*pe_capi_version)(void);
 static Py_ssize_t (*pe_capi_struct_size)(int which);
@@ -64,6 +96,30 @@ static int (*pe_conv2d_output_size)(pe_conv2d_params *p);
 /* y (N, K, OH, OW) = conv2d(x (N, C, H, W), w (K, C/groups, kh, kw)) + b (K, or NULL) */
 static int (*pe_conv2d_forward_f32)(const pe_conv2d_params *p, const float *x,
                                     const float *w, const float *b, float *y);
+
+/* torch's pooled length along one axis (may be <= 0); -1 for bad arguments */
+static Py_ssize_t (*pe_pool_output_size)(Py_ssize_t size, Py_ssize_t kernel,
+                                         Py_ssize_t stride, Py_ssize_t pad,
+                                         Py_ssize_t dilation, int ceil_mode);
+/* y (N, C, OH, OW) = window max; indices (int64, same shape) may be NULL */
+static int (*pe_max_pool2d_forward_f32)(const pe_pool2d_params *p, const float *x,
+                                        float *y, int64_t *indices);
+static int (*pe_avg_pool2d_forward_f32)(const pe_pool2d_params *p, const float *x,
+                                        float *y);
+/* planes = N * C; OH = OW = 1 is global average pooling */
+static int (*pe_adaptive_avg_pool2d_forward_f32)(Py_ssize_t planes, Py_ssize_t H,
+                                                 Py_ssize_t W, Py_ssize_t OH,
+                                                 Py_ssize_t OW, const float *x,
+                                                 float *y);
+/* one layer, one direction, inference; c0/c_n only for the LSTM (else NULL) */
+static int (*pe_rnn_forward_f32)(const pe_rnn_dims *d, const float *x,
+                                 const float *w_ih, const float *w_hh,
+                                 const float *b_ih, const float *b_hh,
+                                 const float *h0, const float *c0, float *y,
+                                 float *h_n, float *c_n);
+/* out (N, D) = weight (V, D)[idx (N)]; PE_EINDEX for an id outside [0, V) */
+static int (*pe_embedding_forward_f32)(const float *weight, Py_ssize_t V, Py_ssize_t D,
+                                       const int64_t *idx, Py_ssize_t N, float *out);
 
 /* Fetch one function pointer from a __pyx_capi__ dict; -1 with an error set. */
 static int pyengine__fetch(PyObject *table, const char *name, void **fn)
@@ -92,6 +148,12 @@ static int pyengine_import_capi(void)
         {"pe_softmax_forward_f32", (void **)&pe_softmax_forward_f32},
         {"pe_conv2d_output_size", (void **)&pe_conv2d_output_size},
         {"pe_conv2d_forward_f32", (void **)&pe_conv2d_forward_f32},
+        {"pe_pool_output_size", (void **)&pe_pool_output_size},
+        {"pe_max_pool2d_forward_f32", (void **)&pe_max_pool2d_forward_f32},
+        {"pe_avg_pool2d_forward_f32", (void **)&pe_avg_pool2d_forward_f32},
+        {"pe_adaptive_avg_pool2d_forward_f32", (void **)&pe_adaptive_avg_pool2d_forward_f32},
+        {"pe_rnn_forward_f32", (void **)&pe_rnn_forward_f32},
+        {"pe_embedding_forward_f32", (void **)&pe_embedding_forward_f32},
     };
     PyObject *module, *table;
     size_t i;
@@ -118,9 +180,11 @@ static int pyengine_import_capi(void)
                      pe_capi_version(), PYENGINE_CAPI_VERSION);
         return -1;
     }
-    if (pe_capi_struct_size(0) != (Py_ssize_t)sizeof(pe_conv2d_params)) {
+    if (pe_capi_struct_size(0) != (Py_ssize_t)sizeof(pe_conv2d_params) ||
+        pe_capi_struct_size(1) != (Py_ssize_t)sizeof(pe_pool2d_params) ||
+        pe_capi_struct_size(2) != (Py_ssize_t)sizeof(pe_rnn_dims)) {
         PyErr_SetString(PyExc_ImportError,
-                        "pyengine C API: pe_conv2d_params does not match the engine's");
+                        "pyengine C API: a parameter struct does not match the engine's");
         return -1;
     }
     return 0;

@@ -20,9 +20,6 @@ from pyengine.conv import Conv2d
 from pyengine.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from pyengine.norm import BatchNorm1d, BatchNorm2d
 from pyengine.dropout import Dropout
-from pyengine.conv import Conv2d
-from pyengine.interop import from_torch, to_torch_state_dict
-from pyengine.onnx_export import export_onnx
 from pyengine.rnn import GRU, LSTM, RNN
 from pyengine.embedding import Embedding
 from pyengine.containers import Concat, Residual
@@ -32,3 +29,6 @@ from pyengine.optim import clip_grad_norm_, clip_grad_value_
 from pyengine.data import DataLoader, Subset, TensorDataset, random_split, train_val_split
 from pyengine.training import Checkpoint, EarlyStopping, History, evaluate, fit, predict
 from pyengine.io import load, save
+# Interop: PyTorch weights, ONNX export (torch / onnx imported lazily)
+from pyengine.interop import from_torch, to_torch_state_dict
+from pyengine.onnx_export import export_onnx

@@ -104,8 +104,8 @@ def test_downstream_c_extension(tmp_path, rng):
     N, C, H, W, K, k, OUT = 2, 3, 7, 6, 4, 3, 5
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
     conv = pe.Conv2d(C, K, k, padding=k // 2)
-    lin = pe.Linear(K * H * W, OUT)
-    model = pe.Sequential(conv, pe.ReLU(), pe.Flatten(), lin)
+    lin = pe.Linear(K * (H // 2) * (W // 2), OUT)
+    model = pe.Sequential(conv, pe.ReLU(), pe.MaxPool2d(2), pe.Flatten(), lin)
     with pe.no_grad():
         want = model(x)
     out = np.zeros_like(want)
@@ -113,6 +113,24 @@ def test_downstream_c_extension(tmp_path, rng):
                       lin.bias.data, out, N, C, H, W, K, k, OUT)
     assert rc == 0
     np.testing.assert_array_equal(out, want)
+
+    T, B, I, Hd = 5, 3, 4, 6
+    lstm = pe.LSTM(I, Hd)
+    xs = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0 = rng.standard_normal((1, B, Hd)).astype(np.float32)
+    c0 = rng.standard_normal((1, B, Hd)).astype(np.float32)
+    with pe.no_grad():
+        y_want, (hn_want, cn_want) = lstm(xs, (h0, c0))
+    y = np.zeros((T, B, Hd), np.float32)
+    hn = np.zeros((B, Hd), np.float32)
+    cn = np.zeros((B, Hd), np.float32)
+    p = {n: q.data for n, q in lstm.named_parameters()}
+    rc = demo.lstm(xs, p["weight_ih_l0"], p["weight_hh_l0"], p["bias_ih_l0"],
+                   p["bias_hh_l0"], h0[0], c0[0], y, hn, cn, T, B, I, Hd)
+    assert rc == 0
+    np.testing.assert_array_equal(y, y_want)
+    np.testing.assert_array_equal(hn, hn_want[0])
+    np.testing.assert_array_equal(cn, cn_want[0])
 
     # Any buffer works: array.array in, array.array out, no NumPy involved.
     z = rng.standard_normal((3, 4)).astype(np.float32)
@@ -137,6 +155,7 @@ def test_capi_table_matches_the_header():
         assert f'"{name}"' in text, f"{name} is exported but not in pyengine_capi.h"
     # The capsule names are Cython's C signatures of the exported functions.
     act = "int (float const *, float *, Py_ssize_t)"
+    pool = "struct __pyx_t_6engine_4pool_pool2d_params"
     want = {
         "pe_capi_version": "int (void)",
         "pe_capi_struct_size": "Py_ssize_t (int)",
@@ -148,6 +167,19 @@ def test_capi_table_matches_the_header():
         "pe_conv2d_output_size": "int (__pyx_t_6engine_4conv_Conv2dParams *)",
         "pe_conv2d_forward_f32": "int (__pyx_t_6engine_4conv_Conv2dParams const *, "
                                  "float const *, float const *, float const *, float *)",
+        "pe_pool_output_size": "Py_ssize_t (Py_ssize_t, Py_ssize_t, Py_ssize_t, "
+                               "Py_ssize_t, Py_ssize_t, int)",
+        "pe_max_pool2d_forward_f32": f"int ({pool} const *, float const *, float *, "
+                                     "int64_t *)",
+        "pe_avg_pool2d_forward_f32": f"int ({pool} const *, float const *, float *)",
+        "pe_adaptive_avg_pool2d_forward_f32": "int (Py_ssize_t, Py_ssize_t, Py_ssize_t, "
+                                              "Py_ssize_t, Py_ssize_t, float const *, "
+                                              "float *)",
+        "pe_rnn_forward_f32": "int (__pyx_t_6engine_3rnn_rnn_dims const *, float const *, "
+                              "float const *, float const *, float const *, float const *, "
+                              "float const *, float const *, float *, float *, float *)",
+        "pe_embedding_forward_f32": "int (float const *, Py_ssize_t, Py_ssize_t, "
+                                    "int64_t const *, Py_ssize_t, float *)",
     }
     got = {name: repr(cap).split('"')[1] for name, cap in table.items()}
     assert got == want
