@@ -102,3 +102,103 @@ def test_mlp_round_trip(rng):
         lambda: nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 16), nn.Tanh(),
                               nn.Linear(16, 4)),
         x, y)
+
+
+# -- the same architectures written with torch.nn (same child names) ----------
+
+def _torch_lenet5():
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(400, 120), nn.ReLU(),
+        nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+
+
+class _TorchResidual(nn.Module):
+    def __init__(self, block, shortcut=None):
+        super().__init__()
+        self.block = block
+        self.shortcut = shortcut
+
+    def forward(self, x):
+        return self.block(x) + (x if self.shortcut is None else self.shortcut(x))
+
+
+def _torch_basic_block(cin, cout, stride):
+    block = nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
+        nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
+    shortcut = None
+    if stride != 1 or cin != cout:
+        shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
+                                 nn.BatchNorm2d(cout))
+    return nn.Sequential(_TorchResidual(block, shortcut), nn.ReLU())
+
+
+def _torch_resnet_small(widths=(16, 32, 64), in_channels=3, num_classes=10):
+    from collections import OrderedDict
+    layers = [("conv1", nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)),
+              ("bn1", nn.BatchNorm2d(widths[0])), ("relu", nn.ReLU())]
+    c = widths[0]
+    for i, w in enumerate(widths):
+        layers.append((f"layer{i + 1}", _torch_basic_block(c, w, 1 if i == 0 else 2)))
+        c = w
+    layers += [("avgpool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
+               ("fc", nn.Linear(c, num_classes))]
+    return nn.Sequential(OrderedDict(layers))
+
+
+def test_lenet5_round_trip(rng):
+    from pyengine.models import lenet5
+    x = rng.standard_normal((8, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, 8)
+    _round_trip(lenet5, _torch_lenet5, x, y)
+
+
+def test_resnet_small_round_trip(rng):
+    from pyengine.models import resnet_small
+    x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
+    y = rng.integers(0, 10, 4)
+    model, tmodel = _round_trip(resnet_small, _torch_resnet_small, x, y)
+    # BatchNorm running statistics and counters travelled too.
+    sd = model.state_dict()
+    assert int(sd["bn1.num_batches_tracked"]) == 3
+    np.testing.assert_allclose(sd["bn1.running_var"],
+                               tmodel.state_dict()["bn1.running_var"].numpy(), rtol=1e-6)
+
+
+class _LSTMClassifier(pe.Module):
+    """LSTM over (T, B, I), then Linear on the last step's output."""
+
+    def __init__(self, I=5, H=8, classes=3):
+        super().__init__()
+        self.lstm = pe.LSTM(I, H)
+        self.fc = pe.Linear(H, classes)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        self._out_shape = out.shape
+        return self.fc(out[-1])
+
+    def backward(self, grad_out, input_grad=True):
+        d_out = np.zeros(self._out_shape, np.float32)
+        d_out[-1] = self.fc.backward(grad_out)
+        return self.lstm.backward(d_out, input_grad=input_grad)
+
+
+class _TorchLSTMClassifier(nn.Module):
+    def __init__(self, I=5, H=8, classes=3):
+        super().__init__()
+        self.lstm = nn.LSTM(I, H)
+        self.fc = nn.Linear(H, classes)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        return self.fc(out[-1])
+
+
+def test_lstm_round_trip(rng):
+    x = rng.standard_normal((7, 4, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 4)
+    model, _ = _round_trip(_LSTMClassifier, _TorchLSTMClassifier, x, y)
+    assert "lstm.weight_hh_l0" in model.state_dict()
