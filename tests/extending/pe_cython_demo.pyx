@@ -1,5 +1,6 @@
 # A downstream Cython extension: conv -> relu -> maxpool -> flatten -> linear
-# forward on the engine's C-level entries, all inside one `with nogil:` block.
+# forward on the engine's C-level entries, all inside one `with nogil:` block,
+# and a one-layer LSTM forward (float64 here: the entries are fused).
 # Built by tests/test_capi.py against the installed package's .pxd files.
 
 from libc.stdlib cimport malloc, free
@@ -11,6 +12,7 @@ from engine.conv cimport (Conv2dParams, CONV_ALGO_AUTO, conv2d_forward,
 from engine.activation cimport relu_forward
 from engine.pool cimport pool2d_params, pool_output_size, max_pool2d_forward
 from engine.dense cimport linear_forward
+from engine.rnn cimport rnn_dims, RNN_LSTM, rnn_forward
 
 
 cdef int cnn_forward(const float* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H,
@@ -65,4 +67,22 @@ def forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] conv_w,
                          x.shape[3], &conv_w[0, 0, 0, 0], &conv_b[0],
                          conv_w.shape[0], conv_w.shape[2], &lin_w[0, 0],
                          &lin_b[0], lin_w.shape[0], &out[0, 0])
+    return rc
+
+
+def lstm(const double[:, :, ::1] x, const double[:, ::1] w_ih,
+         const double[:, ::1] w_hh, const double[::1] b_ih, const double[::1] b_hh,
+         const double[:, ::1] h0, const double[:, ::1] c0, double[:, :, ::1] y,
+         double[:, ::1] h_n, double[:, ::1] c_n):
+    """One LSTM layer over x (T, B, I), inference (no training workspace)."""
+    cdef rnn_dims d
+    cdef int rc
+    d.mode = RNN_LSTM
+    d.T = x.shape[0]; d.B = x.shape[1]; d.I = x.shape[2]; d.H = h0.shape[1]
+    d.ldy = d.H
+    d.reverse = False
+    with nogil:
+        rc = rnn_forward(&d, &x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], &b_ih[0], &b_hh[0],
+                         &h0[0, 0], &c0[0, 0], &y[0, 0, 0], &h_n[0, 0], &c_n[0, 0],
+                         <double*>NULL)
     return rc
