@@ -1,12 +1,29 @@
 # 2-D convolution kernels, NCHW, float32/float64, two algorithms:
 #
 #   im2col + GEMM : per work item (one image, or a few small images batched
-#                   into one GEMM) unfold the input into a column buffer and
-#                   multiply by the weight with a 1-thread sgemm; OpenMP over
-#                   work items. 1x1 stride-1 unpadded conv skips the unfold.
+#                   into one GEMM) unfold the input into a column buffer (in
+#                   L2-sized tiles of output rows) and multiply by the weight
+#                   with a 1-thread sgemm; OpenMP over work items. 1x1
+#                   stride-1 unpadded conv skips the unfold (a plain GEMM).
 #   direct        : no column buffer; one zero-padded copy of the input planes
-#                   per (image, group) and vectorised row loops over the taps.
-#                   Wins for depthwise/grouped conv and 1-3 input channels.
+#                   per (image, group) and register-tiled vector micro-kernels
+#                   (2 rows x 8 channels x 16 pixels of float32 accumulators).
+#                   Wins for depthwise/grouped conv, 1-3 input channels, and
+#                   the forward / stride-1 grad-input of 3x3 layers with
+#                   Kg % 8 == 0 (see conv2d_choose_algo in conv.pyx).
+#
+# Use from Cython (all entries are nogil; fill OH/OW yourself for asymmetric
+# padding, or call conv2d_set_output_size):
+#
+#     from engine.conv cimport Conv2dParams, conv2d_forward, CONV_ALGO_AUTO, \
+#         conv2d_set_output_size
+#     cdef Conv2dParams p
+#     p.N, p.C, p.H, p.W, p.K = 64, 1, 28, 28, 6
+#     p.kh = p.kw = 5; p.sh = p.sw = 1; p.ph = p.pw = 2; p.dh = p.dw = 1
+#     p.groups = 1
+#     conv2d_set_output_size(&p)
+#     with nogil:
+#         err = conv2d_forward[float](p, CONV_ALGO_AUTO, x, w, b, y)
 #
 # Shapes: x (N, C, H, W), weight (K, C/groups, kh, kw) as torch, bias (K,),
 # y (N, K, OH, OW). Every entry returns 0 or a negative ENGINE_E* code and
@@ -39,8 +56,13 @@ cdef int conv2d_set_output_size(Conv2dParams* p) noexcept nogil
 # 0 when every size is positive, C and K divide by groups and sizes fit BLAS.
 cdef int conv2d_check_params(const Conv2dParams* p) noexcept nogil
 
-# The algorithm 'auto' picks for this layer shape (IM2COL or DIRECT).
-cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p) noexcept nogil
+cdef enum ConvPass:
+    CONV_PASS_FORWARD = 0
+    CONV_PASS_BACKWARD_INPUT = 1
+    CONV_PASS_BACKWARD_WEIGHT = 2
+
+# The algorithm 'auto' picks for this layer shape and pass (IM2COL or DIRECT).
+cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p, ConvPass which) noexcept nogil
 
 # cols (N, C*kh*kw, OH*OW), rows ordered (c, i, j); parallel over images.
 cdef int im2col_batch(Conv2dParams p, const floating* x, floating* cols) noexcept nogil
@@ -71,7 +93,7 @@ cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
                                        const floating* dy, floating* dw,
                                        floating* db, bint accumulate) noexcept nogil
 
-# Dispatch on `algo` (CONV_ALGO_AUTO -> conv2d_choose_algo).
+# Dispatch on `algo` (CONV_ALGO_AUTO -> conv2d_choose_algo for each pass).
 cdef int conv2d_forward(Conv2dParams p, ConvAlgo algo, const floating* x,
                         const floating* w, const floating* b,
                         floating* y) noexcept nogil

@@ -52,7 +52,7 @@ cdef int dropout_mask(uint8_t* mask, Py_ssize_t n, double p, uint64_t key) noexc
         return ENGINE_OK
     thr = _threshold(p)
     for c in prange(ceil_div(n, CHUNK_ELEMS), nogil=True, schedule='static',
-                    num_threads=engine_num_threads()):
+                    num_threads=engine_num_threads() if n > CHUNK_ELEMS else 1):
         lo = c * CHUNK_ELEMS
         _mask_chunk(mask, lo, min(n, lo + CHUNK_ELEMS), thr, key)
     return ENGINE_OK
@@ -71,7 +71,7 @@ cdef int _apply_mask(const floating* x, floating* y, const uint8_t* mask,
     cdef unsigned int mode
     cdef floating scale = <floating>(1.0 / (1.0 - p)) if p < 1.0 else 0
     for c in prange(ceil_div(n, CHUNK_ELEMS), nogil=True, schedule='static',
-                    num_threads=engine_num_threads()):
+                    num_threads=engine_num_threads() if n > CHUNK_ELEMS else 1):
         lo = c * CHUNK_ELEMS
         mode = engine_ftz_enter()
         _scale_chunk(x, y, mask, lo, min(n, lo + CHUNK_ELEMS), scale)

@@ -28,7 +28,14 @@ from engine._threads cimport engine_num_threads
 from engine._validate import float_array
 
 cdef enum:
-    BLOCK_C = 128   # channels per reduction block when S == 1
+    BLOCK_C = 128          # channels per reduction block when S == 1
+    PARALLEL_MIN = 32768   # fewer elements: run on the calling thread
+
+
+cdef inline int _threads_for(Py_ssize_t elements) noexcept nogil:
+    # Waking the OpenMP team costs more than small inputs take (and much more
+    # on a loaded machine); the result is the same either way.
+    return engine_num_threads() if elements >= PARALLEL_MIN else 1
 
 
 # ---------------------------------------------------------------- reductions
@@ -154,12 +161,12 @@ cdef void _reduce_stats(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_
     cdef unsigned int mode
     if S == 1:
         for blk in prange(ceil_div(C, BLOCK_C), nogil=True, schedule='static',
-                          num_threads=engine_num_threads()):
+                          num_threads=_threads_for(N * C * S)):
             mode = engine_ftz_enter()
             _stats_block(x, N, C, blk * BLOCK_C, min(C, (blk + 1) * BLOCK_C), mean, sqdev)
             engine_ftz_exit(mode)
     else:
-        for c in prange(C, nogil=True, schedule='static', num_threads=engine_num_threads()):
+        for c in prange(C, nogil=True, schedule='static', num_threads=_threads_for(N * C * S)):
             mode = engine_ftz_enter()
             _stats_channel(x, N, C, S, c, mean, sqdev)
             engine_ftz_exit(mode)
@@ -172,13 +179,13 @@ cdef void _reduce_grad_sums(const floating* dy, const floating* x, const floatin
     cdef unsigned int mode
     if S == 1:
         for blk in prange(ceil_div(C, BLOCK_C), nogil=True, schedule='static',
-                          num_threads=engine_num_threads()):
+                          num_threads=_threads_for(N * C * S)):
             mode = engine_ftz_enter()
             _grad_sums_block(dy, x, mean, N, C, blk * BLOCK_C, min(C, (blk + 1) * BLOCK_C),
                              sum_dy, sum_dy_xmu)
             engine_ftz_exit(mode)
     else:
-        for c in prange(C, nogil=True, schedule='static', num_threads=engine_num_threads()):
+        for c in prange(C, nogil=True, schedule='static', num_threads=_threads_for(N * C * S)):
             mode = engine_ftz_enter()
             _grad_sums_channel(dy, x, mean, N, C, S, c, sum_dy, sum_dy_xmu)
             engine_ftz_exit(mode)
@@ -199,13 +206,13 @@ cdef void _normalize(const floating* x, floating* y, const floating* m,
     cdef Py_ssize_t n, c, r
     cdef unsigned int mode
     if S == 1:
-        for n in prange(N, nogil=True, schedule='static', num_threads=engine_num_threads()):
+        for n in prange(N, nogil=True, schedule='static', num_threads=_threads_for(N * C * S)):
             mode = engine_ftz_enter()
             for c in range(C):
                 y[n * C + c] = (x[n * C + c] - m[c]) * scale[c] + shift[c]
             engine_ftz_exit(mode)
     else:
-        for r in prange(N * C, nogil=True, schedule='static', num_threads=engine_num_threads()):
+        for r in prange(N * C, nogil=True, schedule='static', num_threads=_threads_for(N * C * S)):
             mode = engine_ftz_enter()
             c = r % C
             _normalize_row(x + r * S, y + r * S, S, m[c], scale[c], shift[c])
@@ -228,13 +235,13 @@ cdef void _input_grad(const floating* dy, const floating* x, floating* dx,
     cdef Py_ssize_t n, c, r
     cdef unsigned int mode
     if S == 1:
-        for n in prange(N, nogil=True, schedule='static', num_threads=engine_num_threads()):
+        for n in prange(N, nogil=True, schedule='static', num_threads=_threads_for(N * C * S)):
             mode = engine_ftz_enter()
             for c in range(C):
                 dx[n * C + c] = a[c] * dy[n * C + c] + b[c] * (x[n * C + c] - m[c]) + k[c]
             engine_ftz_exit(mode)
     else:
-        for r in prange(N * C, nogil=True, schedule='static', num_threads=engine_num_threads()):
+        for r in prange(N * C, nogil=True, schedule='static', num_threads=_threads_for(N * C * S)):
             mode = engine_ftz_enter()
             c = r % C
             _grad_row(dy + r * S, x + r * S, dx + r * S, S, a[c], b[c], m[c], k[c])

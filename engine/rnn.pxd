@@ -2,7 +2,7 @@
 # and one direction per call, the whole time loop inside one nogil call.
 #
 # Layout (row-major, PyTorch's gate order and weight shapes):
-#   x    (T, B, I)           input sequence, contiguous
+#   x    (T, B, I)           input sequence, contiguous (I = rnn_dims.F)
 #   w_ih (G*H, I), w_hh (G*H, H), b_ih, b_hh (G*H,) or NULL
 #        G = 1 (RNN), 4 (LSTM: i, f, g, o), 3 (GRU: r, z, n)
 #   h0, c0, h_n, c_n (B, H)  initial / final states (c only for the LSTM)
@@ -34,7 +34,7 @@ ctypedef struct rnn_dims:
     int mode          # RNN_TANH, RNN_RELU, RNN_LSTM or RNN_GRU
     Py_ssize_t T      # sequence length (>= 1)
     Py_ssize_t B      # batch size (>= 1)
-    Py_ssize_t I      # input features (>= 1)
+    Py_ssize_t F      # input features (>= 1); not `I`, which complex.h defines
     Py_ssize_t H      # hidden size (>= 1)
     Py_ssize_t ldy    # row stride of y and d_y in elements (>= H)
     bint reverse      # process t = T-1 down to 0 (the reverse direction)

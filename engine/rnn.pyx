@@ -18,6 +18,7 @@ from engine._common cimport (ENGINE_OK, ENGINE_EBADARG, ENGINE_ENOMEM, ceil_div,
                              work_chunks, engine_ftz_enter, engine_ftz_exit)
 from engine._threads cimport engine_num_threads
 from engine.blas cimport gemm, gemm_parallel
+from scipy.linalg.cython_blas cimport sgemv
 from engine._validate import float_array, check_blas_size, export_entries
 
 # The fused gate passes, written in C so that `restrict` tells the compiler the
@@ -307,9 +308,18 @@ cdef extern from *:
 
 # Per step, batch rows are cut into chunks (fixed by the shapes) that threads
 # take: each chunk runs its slice of the hidden GEMM and the fused gate pass.
-# Every chunk repacks W_hh inside BLAS, so chunks stay at least this big.
+# A step is short (B=32, H=128: ~40 us), and an OpenMP region per step costs
+# far more than it saves when the cores are shared (a thread that is not
+# scheduled stalls every barrier), so steps only split when each chunk has
+# at least this much work.
 cdef Py_ssize_t _STEP_MIN_ROWS = 16
-cdef double _STEP_MIN_FLOPS = 1.0e6
+cdef double _STEP_MIN_FLOPS = 4.0e6
+# Below this batch the float32 forward steps use BLAS GEMV on W_hh as stored
+# instead of transposing it for the tiled kernel (the transpose costs more
+# than a whole batch-1 sequence of GEMVs saves).
+cdef Py_ssize_t _TILE_MIN_BATCH = 4
+# Bias-gradient sums run on the calling thread below this many elements.
+cdef Py_ssize_t _DB_PARALLEL_MIN = 1 << 19
 cdef Py_ssize_t _MAX_CHUNKS = 8
 # Column block of the bias-gradient sums (one block per task, rows in order).
 cdef Py_ssize_t _DB_BLOCK = 64
@@ -353,7 +363,7 @@ cdef inline Py_ssize_t _step_chunks(const rnn_dims* d) noexcept nogil:
 cdef int _check_dims(const rnn_dims* d) noexcept nogil:
     if rnn_num_gates(d.mode) == 0:
         return ENGINE_EBADARG
-    if d.T < 1 or d.B < 1 or d.I < 1 or d.H < 1 or d.ldy < d.H:
+    if d.T < 1 or d.B < 1 or d.F < 1 or d.H < 1 or d.ldy < d.H:
         return ENGINE_EBADARG
     return ENGINE_OK
 
@@ -362,6 +372,12 @@ cdef void _colsum_add(Py_ssize_t rows, Py_ssize_t cols, const floating* a,
                       Py_ssize_t lda, floating* out) noexcept nogil:
     """out[j] += sum_r a[r, j], column blocks in parallel, rows in fixed order."""
     cdef Py_ssize_t blk, lo, nblk = ceil_div(cols, _DB_BLOCK)
+    if rows * cols < _DB_PARALLEL_MIN:
+        if floating is float:
+            rnn_colsum_add_f(rows, cols, a, lda, out)
+        else:
+            rnn_colsum_add_d(rows, cols, a, lda, out)
+        return
     for blk in prange(nblk, nogil=True, schedule='static',
                       num_threads=engine_num_threads()):
         lo = blk * _DB_BLOCK
@@ -374,9 +390,23 @@ cdef void _colsum_add(Py_ssize_t rows, Py_ssize_t cols, const floating* a,
 cdef inline void _hidden_gemm(int rows, int N, int K, const floating* a, Py_ssize_t lda,
                               const floating* w_hh, const floating* w_hh_t,
                               floating beta, floating* c, Py_ssize_t ldc) noexcept nogil:
-    """c = beta * c + a @ w_hh^T for one step's rows (w_hh_t = w_hh^T, float32 only)."""
+    """c = beta * c + a @ w_hh^T for one step's rows.
+
+    float32: the register-tiled kernel on w_hh_t = w_hh^T, or, for a batch too
+    small to pay for that transpose (w_hh_t == NULL), one BLAS GEMV per row.
+    """
+    cdef char trans = b'T'
+    cdef int one = 1, r
+    cdef float alpha = 1
+    cdef float fbeta
     if floating is float:
-        rnn_sgemm_rows(rows, N, K, a, lda, w_hh_t, N, c, ldc, beta != 0)
+        if w_hh_t != NULL:
+            rnn_sgemm_rows(rows, N, K, a, lda, w_hh_t, N, c, ldc, beta != 0)
+        else:
+            fbeta = beta
+            for r in range(rows):
+                sgemv(&trans, &K, &N, &alpha, <float*>w_hh, &K, <float*>(a + r * lda), &one,
+                      &fbeta, c + r * ldc, &one)
     else:
         gemm(False, True, rows, N, K, <floating>1, a, <int>lda, w_hh, K, beta, c, <int>ldc)
 
@@ -443,7 +473,7 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
                      const floating* h0, const floating* c0,
                      floating* y, floating* h_n, floating* c_n,
                      floating* ws) noexcept nogil:
-    cdef Py_ssize_t T = d.T, B = d.B, I = d.I, H = d.H, ldy = d.ldy
+    cdef Py_ssize_t T = d.T, B = d.B, I = d.F, H = d.H, ldy = d.ldy
     cdef Py_ssize_t G = rnn_num_gates(d.mode), TB = d.T * d.B, BH = d.B * d.H
     cdef Py_ssize_t AW = _acts_width(d)
     cdef Py_ssize_t s, t, tp, k, b, c, b0, b1, nchunks, step
@@ -490,7 +520,7 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
     if bias == NULL:
         free(buf)
         return ENGINE_ENOMEM
-    if floating is float:
+    if floating is float and B >= _TILE_MIN_BATCH:
         w_hh_t = bias + (G + 1) * H
         rnn_transpose_f(G * H, H, w_hh, w_hh_t)
     bias_hn = bias + G * H
@@ -617,7 +647,7 @@ cdef int _merged_weight_grads(const rnn_dims* d, const floating* x, const floati
     weight gradients come from one product (dG is packed once, not twice).
     Returns ENGINE_ENOMEM (caller falls back to two GEMMs) if buffers fail.
     """
-    cdef Py_ssize_t T = d.T, B = d.B, I = d.I, H = d.H, W = d.I + d.H
+    cdef Py_ssize_t T = d.T, B = d.B, I = d.F, H = d.H, W = d.F + d.H
     cdef Py_ssize_t GH = rnn_num_gates(d.mode) * d.H, s, t, b, k, j
     cdef const floating* hp
     cdef Py_ssize_t ld_hp
@@ -653,7 +683,7 @@ cdef void _separate_weight_grads(const rnn_dims* d, const floating* x, const flo
                                  const floating* dgh, Py_ssize_t ldgh, floating* grad_w_ih,
                                  floating* grad_w_hh) noexcept nogil:
     """grad W_ih += dGx^T x and grad W_hh += dGh^T h_prev, GEMMs with K = T*B."""
-    cdef Py_ssize_t T = d.T, B = d.B, I = d.I, H = d.H, ldy = d.ldy
+    cdef Py_ssize_t T = d.T, B = d.B, I = d.F, H = d.H, ldy = d.ldy
     cdef Py_ssize_t GH = rnn_num_gates(d.mode) * d.H, t0 = _time_index(d, 0)
     gemm_parallel(True, False, <int>GH, <int>I, <int>(T * B), <floating>1, dgx, <int>ldgx,
                   x, <int>I, <floating>1, grad_w_ih, <int>I)
@@ -682,7 +712,7 @@ cdef int rnn_backward(const rnn_dims* d, const floating* x,
                       floating* d_h0, floating* d_c0,
                       floating* grad_w_ih, floating* grad_w_hh,
                       floating* grad_b_ih, floating* grad_b_hh) noexcept nogil:
-    cdef Py_ssize_t T = d.T, B = d.B, I = d.I, H = d.H, ldy = d.ldy
+    cdef Py_ssize_t T = d.T, B = d.B, I = d.F, H = d.H, ldy = d.ldy
     cdef Py_ssize_t G = rnn_num_gates(d.mode), GH, TB = d.T * d.B, BH = d.B * d.H
     cdef Py_ssize_t AW = _acts_width(d)
     cdef Py_ssize_t s, t, tp, t0, c, b0, b1, nchunks, step
@@ -816,7 +846,7 @@ def _workspace_size_py(mode, T, B, H):
     """Elements of the training workspace of one layer and direction."""
     cdef rnn_dims d
     d.mode = _mode_id(mode)
-    d.T, d.B, d.H, d.I, d.ldy, d.reverse = T, B, H, 1, H, False
+    d.T, d.B, d.H, d.F, d.ldy, d.reverse = T, B, H, 1, H, False
     return int(rnn_workspace_size(&d))
 
 
@@ -941,7 +971,7 @@ def _rnn_forward_py(mode, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None,
         out = np.empty((T, B, H), x.dtype)
         out_offset = 0
     cdef rnn_dims d
-    d.mode, d.T, d.B, d.I, d.H = m, T, B, I, H
+    d.mode, d.T, d.B, d.F, d.H = m, T, B, I, H
     d.ldy, d.reverse = out.shape[2], bool(reverse)
     if workspace is not None:
         _check_workspace(workspace, rnn_workspace_size(&d), x.dtype)
@@ -1037,7 +1067,7 @@ def _rnn_backward_py(mode, x, w_ih, w_hh, out, h0, c0, workspace, d_out, d_hn=No
     else:
         d_cn = None
     cdef rnn_dims d
-    d.mode, d.T, d.B, d.I, d.H = m, T, B, I, H
+    d.mode, d.T, d.B, d.F, d.H = m, T, B, I, H
     d.ldy, d.reverse = out.shape[2], bool(reverse)
     _check_workspace(workspace, rnn_workspace_size(&d), x.dtype)
     accumulate_dx = False

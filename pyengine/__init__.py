@@ -32,3 +32,4 @@ from pyengine.io import load, save
 # Interop: PyTorch weights, ONNX export (torch / onnx imported lazily)
 from pyengine.interop import from_torch, to_torch_state_dict
 from pyengine.onnx_export import export_onnx
+from pyengine import distributed  # data parallelism over MPI; mpi4py is imported lazily

@@ -54,24 +54,68 @@ def model_inputs(name, x):
     return np.pad(images, ((0, 0), (2, 2), (2, 2)))[:, None]
 
 
+def shifted_copies(x, y):
+    """The (N, 64) digits plus copies shifted by one pixel up, down, left and
+    right (zero fill): 5x the training data, and test accuracy ~1 point higher
+    and steadier across seeds for the CNN."""
+    images = x.reshape(-1, 8, 8)
+    copies = [images]
+    for axis, step in ((1, 1), (1, -1), (2, 1), (2, -1)):
+        shifted = np.roll(images, step, axis=axis)
+        edge = [slice(None)] * 3
+        edge[axis] = 0 if step == 1 else -1
+        shifted[tuple(edge)] = 0
+        copies.append(shifted)
+    return np.concatenate(copies).reshape(-1, 64), np.concatenate([y] * len(copies))
+
+
+# --model name -> what the demo trains: its title, its architecture (rebuilt
+# from checkpoints by build_model), whether the training images get shifted
+# copies, and the default batch size.
 DEMOS = {
-    "mlp": ("MLP 64-128-64-10",
-            {"name": "mlp", "args": {"in_features": 64, "hidden": [128, 64], "classes": 10}}),
-    "lenet5": ("LeNet-5 (8x8 digits upsampled 3x + padded to 28x28)",
-               {"name": "lenet5", "args": {"num_classes": 10, "in_channels": 1}}),
+    "mlp": dict(title="MLP 64-128-64-10",
+                arch={"name": "mlp",
+                      "args": {"in_features": 64, "hidden": [128, 64], "classes": 10}},
+                augment=False, batch_size=32),
+    "lenet5": dict(title="LeNet-5 (8x8 digits upsampled 3x + padded to 28x28, training "
+                   "set + 1-pixel shifted copies)",
+                   arch={"name": "lenet5", "args": {"num_classes": 10, "in_channels": 1}},
+                   augment=True, batch_size=64),
 }
 
 
 def demo_digits(args):
-    """Train the --model architecture on the bundled digits (mlp or lenet5)."""
+    """Train the --model architecture on the bundled digits (mlp or lenet5).
+
+    With --distributed (under ``mpiexec -n N``) the ranks train data-parallel
+    with the same global batch (--batch-size split over the ranks), so the
+    result matches one process; only rank 0 prints and writes the checkpoint.
+    """
     import pyengine as pe
 
+    demo = DEMOS[args.model]
+    if args.batch_size is None:
+        args.batch_size = demo["batch_size"]
+    world, is_main = 1, True
+    if args.distributed:
+        import pyengine.distributed as dist
+
+        _, world = dist.init(num_threads=args.threads)
+        is_main = dist.rank() == 0
+        if args.batch_size % world:
+            raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of the "
+                             f"{world} ranks (each rank takes an equal part of every batch)")
+    say = print if is_main else (lambda *a, **k: None)
     pe.manual_seed(args.seed)
-    title, arch = DEMOS[args.model]
+    title, arch, augment = demo["title"], demo["arch"], demo["augment"]
     (xtr, ytr), (xte, yte) = _split_digits(seed=args.seed)
-    xtr, xte = model_inputs(arch["name"], xtr), model_inputs(arch["name"], xte)
     # hold out 10% of the training images (stratified) for early stopping
     train, val = pe.train_val_split(xtr, ytr, val_fraction=0.1, seed=args.seed, stratify=ytr)
+    if augment:
+        train = shifted_copies(*train)
+    train = (model_inputs(arch["name"], train[0]), train[1])
+    val = (model_inputs(arch["name"], val[0]), val[1])
+    xte = model_inputs(arch["name"], xte)
     model = build_model(arch["name"], **arch["args"])
     loss_fn = pe.CrossEntropyLoss()
     opt = pe.optim.Adam(model.parameters(), lr=args.lr)
@@ -79,47 +123,129 @@ def demo_digits(args):
     stopper = pe.EarlyStopping(monitor="val_loss", patience=5)
     checkpoint = pe.Checkpoint(args.checkpoint, monitor="val_loss", extra={
         "arch": arch, "data": {"name": "digits", "seed": args.seed, "test_fraction": 0.2}})
-    print(f"{title} on UCI digits: {len(train[1])} train / {len(val[1])} validation / "
-          f"{len(yte)} test images, {pe.get_num_threads()} thread(s); Adam lr {args.lr}, "
-          "ReduceLROnPlateau, early stopping on val loss")
+    ranks = f"{world} MPI ranks x " if args.distributed else ""
+    say(f"{title} on UCI digits: {len(train[1])} train / {len(val[1])} validation / "
+        f"{len(yte)} test images, {ranks}{pe.get_num_threads()} thread(s); Adam lr {args.lr}, "
+        "ReduceLROnPlateau, early stopping on val loss")
     start = time.perf_counter()
     show_bar = sys.stderr.isatty() or args.progress
     history = pe.fit(model, loss_fn, opt, train, epochs=args.epochs, val=val,
-                     batch_size=args.batch_size, scheduler=scheduler, early_stopping=stopper,
-                     checkpoint=checkpoint, verbose=2 if show_bar else 0)
+                     batch_size=args.batch_size // world, scheduler=scheduler,
+                     early_stopping=stopper, checkpoint=checkpoint, verbose=2 if show_bar else 0,
+                     distributed=args.distributed)
     elapsed = time.perf_counter() - start
     for epoch in range(1, history.epochs + 1):
         if epoch == 1 or epoch % 5 == 0 or epoch == history.epochs:
             e = epoch - 1
-            print(f"epoch {epoch:2d}: train loss {history['loss'][e]:.4f}, train accuracy "
-                  f"{history['accuracy'][e]:.4f}, val loss {history['val_loss'][e]:.4f}, "
-                  f"val accuracy {history['val_accuracy'][e]:.4f}, lr {history['lr'][e]:.2g}")
+            say(f"epoch {epoch:2d}: train loss {history['loss'][e]:.4f}, train accuracy "
+                f"{history['accuracy'][e]:.4f}, val loss {history['val_loss'][e]:.4f}, "
+                f"val accuracy {history['val_accuracy'][e]:.4f}, lr {history['lr'][e]:.2g}")
     if history.stopped_early:
-        print(f"early stopping after epoch {history.epochs}: weights of the best epoch "
-              f"{stopper.best_epoch} (val loss {stopper.best:.4f}) restored")
+        say(f"early stopping after epoch {history.epochs}: weights of the best epoch "
+            f"{stopper.best_epoch} (val loss {stopper.best:.4f}) restored")
     model.eval()
     with pe.no_grad():
         accuracy = float((model(xte).argmax(1) == yte).mean())
-    print(f"test accuracy: {accuracy:.4f} ({len(yte)} held-out images); "
-          f"training took {elapsed:.2f} s")
+    say(f"test accuracy: {accuracy:.4f} ({len(yte)} held-out images); "
+        f"training took {elapsed:.2f} s")
 
+    if not is_main:  # the replicas are identical; rank 0 checks the checkpoint
+        return accuracy
     # reload the best checkpoint into a freshly built model: same predictions
     ckpt = pe.load(args.checkpoint)
     reloaded = build_model(ckpt["arch"]["name"], **ckpt["arch"]["args"])
     reloaded.load_state_dict(ckpt["model"])
     result = pe.evaluate(reloaded, loss_fn, (xte, yte))
-    print(f"checkpoint {args.checkpoint} (epoch {ckpt['epoch']}) reloaded: test accuracy "
-          f"{result['accuracy']:.4f}, test loss {result['loss']:.4f}"
-          f"{'' if result['accuracy'] == accuracy else ' (MISMATCH)'}; "
-          f"evaluate it again with: python -m pyengine eval {args.checkpoint}")
+    say(f"checkpoint {args.checkpoint} (epoch {ckpt['epoch']}) reloaded: test accuracy "
+        f"{result['accuracy']:.4f}, test loss {result['loss']:.4f}"
+        f"{'' if result['accuracy'] == accuracy else ' (MISMATCH)'}; "
+        f"evaluate it again with: python -m pyengine eval {args.checkpoint}")
     return accuracy if result["accuracy"] == accuracy else 0.0
+
+
+def demo_char_lm(args):
+    """Train a character-level LSTM language model on the bundled text, then sample."""
+    import pyengine as pe
+    from pyengine.datasets import load_text
+    from pyengine.models import char_lm
+    from tqdm import tqdm
+
+    pe.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    text = load_text()
+    vocab = sorted(set(text))
+    index = {ch: i for i, ch in enumerate(vocab)}
+    ids = np.array([index[ch] for ch in text], dtype=np.int64)
+    split = int(0.9 * len(ids))
+    train_ids, val_ids = ids[:split], ids[split:]
+    seq_len, batch = args.seq_len, args.batch_size or 32
+    model = char_lm(len(vocab), embed_dim=32, hidden_size=args.hidden_size, num_layers=1)
+    loss_fn = pe.CrossEntropyLoss()
+    opt = pe.optim.Adam(model.parameters(), lr=args.lr)
+    steps = max(1, len(train_ids) // (seq_len * batch))
+    epochs = args.epochs or 6
+    print(f"char-level LSTM (embed 32, hidden {args.hidden_size}) on {len(text):,} characters "
+          f"of the Python Language Reference ({len(vocab)} symbols), {pe.get_num_threads()} "
+          f"thread(s); {epochs} epochs of {steps} steps, batch {batch} x {seq_len} chars, "
+          f"Adam lr {args.lr}")
+
+    def windows(source, starts):
+        rows = starts[:, None] + np.arange(seq_len + 1)
+        chunk = source[rows]
+        return chunk[:, :-1], chunk[:, 1:]
+
+    def val_loss():
+        starts = np.arange(0, len(val_ids) - seq_len - 1, seq_len)
+        total, count = 0.0, 0
+        model.eval()
+        with pe.no_grad():
+            for i in range(0, len(starts), 64):
+                x, y = windows(val_ids, starts[i:i + 64])
+                logits = model(x)
+                total += loss_fn(logits.reshape(-1, len(vocab)), y.reshape(-1)) * y.size
+                count += y.size
+        model.train()
+        return total / count
+
+    print(f"before training: validation loss {val_loss():.3f} nats/char "
+          f"(uniform guess: {np.log(len(vocab)):.3f})")
+    start = time.perf_counter()
+    show_bar = sys.stderr.isatty() or args.progress
+    for epoch in range(1, epochs + 1):
+        total = 0.0
+        bar = tqdm(range(steps), desc=f"epoch {epoch}/{epochs}", leave=False,
+                   disable=not show_bar)
+        for step in bar:
+            x, y = windows(train_ids, rng.integers(0, len(train_ids) - seq_len - 1, batch))
+            logits = model(x)
+            loss = loss_fn(logits.reshape(-1, len(vocab)), y.reshape(-1))
+            opt.zero_grad()
+            model.backward(loss_fn.backward().reshape(logits.shape))
+            pe.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            total += loss
+            bar.set_postfix(loss=f"{total / (step + 1):.3f}")
+        val = val_loss()
+        print(f"epoch {epoch}: train loss {total / steps:.3f}, validation loss {val:.3f} "
+              f"nats/char ({val / np.log(2):.2f} bits/char)")
+    elapsed = time.perf_counter() - start
+    prompt = "The "
+    sample = model.sample([index[c] for c in prompt], args.sample_length,
+                          temperature=args.temperature, rng=rng)
+    print(f"training took {elapsed:.1f} s; sample at temperature {args.temperature}:\n")
+    print(prompt + "".join(vocab[i] for i in sample))
+    return val
 
 
 def cmd_demo(args):
     import pyengine as pe
 
-    if args.threads:
+    if args.threads and not args.distributed:
         pe.set_num_threads(args.threads)
+    if args.model == "char-lm":
+        # success when the model beats a unigram guess by a clear margin
+        return 0 if demo_char_lm(args) < 2.5 else 1
+    args.epochs = args.epochs or 30
     if args.checkpoint is None:
         args.checkpoint = f"pyengine_demo_{args.model}.safetensors"
     accuracy = demo_digits(args)
@@ -181,15 +307,27 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m pyengine",
                                      description="pyengine command line")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train a model on the bundled digits data")
-    demo.add_argument("--model", default="mlp", choices=list(DEMOS))
-    demo.add_argument("--epochs", type=int, default=30)
-    demo.add_argument("--batch-size", type=int, default=32)
+    demo = sub.add_parser("demo", help="train a model on the bundled data (digits; text "
+                          "for --model char-lm)")
+    demo.add_argument("--model", default="mlp", choices=list(DEMOS) + ["char-lm"])
+    demo.add_argument("--epochs", type=int, default=None,
+                      help="default: 30 (digits models), 6 (char-lm)")
+    demo.add_argument("--batch-size", type=int, default=None,
+                      help="default: 32 for mlp and char-lm, 64 for lenet5")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--threads", type=int, default=None)
+    demo.add_argument("--distributed", action="store_true",
+                      help="data-parallel over MPI ranks: mpiexec -n 2 python -m pyengine "
+                      "demo --distributed (threads per rank default to cores / ranks)")
     demo.add_argument("--progress", action="store_true",
                       help="show the progress bar even when stderr is not a terminal")
     demo.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    demo.add_argument("--temperature", type=float, default=0.7,
+                      help="char-lm: sampling temperature")
+    demo.add_argument("--sample-length", type=int, default=300,
+                      help="char-lm: characters to sample after training")
+    demo.add_argument("--seq-len", type=int, default=64, help="char-lm: characters per sequence")
+    demo.add_argument("--hidden-size", type=int, default=128, help="char-lm: LSTM hidden size")
     demo.add_argument("--checkpoint", default=None,
                       help="where to save the best model (default: "
                       "pyengine_demo_<model>.safetensors)")

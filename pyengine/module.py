@@ -46,7 +46,8 @@ class Parameter:
         data = np.asarray(data)
         if data.dtype not in (np.float32, np.float64):
             raise TypeError(f"Parameter data must be float32 or float64, got {data.dtype}")
-        self.data = np.ascontiguousarray(data)
+        # np.ascontiguousarray would turn a 0-d array into shape (1,).
+        self.data = data if data.flags.c_contiguous else data.copy(order="C")
         self.grad = np.zeros_like(self.data)
         self.requires_grad = requires_grad
 

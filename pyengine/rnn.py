@@ -8,9 +8,9 @@ import math
 
 import numpy as np
 
+from engine import dropout as _dropout
 from engine import rnn as _k
-from pyengine import init
-from pyengine._random import get_rng
+from pyengine import _random, init
 from pyengine.module import Module, Parameter, is_grad_enabled
 
 __all__ = ["RNN", "LSTM", "GRU"]
@@ -186,11 +186,10 @@ class _RNNBase(Module):
             outputs.append(out)
             layer_in = out
             if drop and layer < L - 1:
-                # Inter-layer dropout (NumPy mask; no Dropout kernel yet).
-                mask = (get_rng().random(out.shape) >= self.dropout).astype(dtype)
-                mask *= 1.0 / (1.0 - self.dropout) if self.dropout < 1 else 0.0
+                # Inter-layer dropout: the engine's counter-based kernel (same
+                # seed, same mask for any thread count), as pe.Dropout.
+                layer_in, mask = _dropout.dropout(out, self.dropout, _random.next_seed())
                 masks.append(mask)
-                layer_in = out * mask
         self._cache = None
         if keep:
             self._cache = {"inputs": inputs, "outputs": outputs, "workspaces": workspaces,
@@ -275,7 +274,7 @@ class _RNNBase(Module):
                     d_c0[k] = dc0
             g = d_in
             if layer > 0 and cache["masks"]:
-                g = g * cache["masks"][layer - 1]
+                g = _dropout.dropout_grad(g, cache["masks"][layer - 1], self.dropout)
         if unbatched:
             d_h0 = d_h0[:, 0, :]
             d_c0 = None if d_c0 is None else d_c0[:, 0, :]

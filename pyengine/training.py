@@ -332,7 +332,7 @@ def _sum_reduction(loss_fn):
     return getattr(loss_fn, "reduction", "mean") == "sum"
 
 
-def _run_eval(model, loss_fn, loader, metric_fns, prefix=""):
+def _run_eval(model, loss_fn, loader, metric_fns, prefix="", ddp=None):
     meter = _Meter(metric_fns, _sum_reduction(loss_fn))
     was_training = model.training
     model.eval()
@@ -345,6 +345,8 @@ def _run_eval(model, loss_fn, loader, metric_fns, prefix=""):
                 meter.add(loss, pred, yb)
     finally:
         model.train(was_training)
+    if ddp is not None:
+        ddp.reduce_meter(meter)
     return meter.result(prefix, with_loss=loss_fn is not None)
 
 
@@ -371,7 +373,7 @@ def _fmt(logs):
 
 def fit(model, loss_fn, optimizer, train, epochs, val=None, batch_size=32, scheduler=None,
         early_stopping=None, checkpoint=None, metrics=("accuracy",), verbose=True,
-        shuffle=True, seed=None):
+        shuffle=True, seed=None, distributed=False):
     """Train ``model`` for ``epochs`` epochs; returns a :class:`History`.
 
     Args:
@@ -404,6 +406,13 @@ def fit(model, loss_fn, optimizer, train, epochs, val=None, batch_size=32, sched
         shuffle: reshuffle the training samples every epoch.
         seed: seeds the shuffling; None draws from the engine's RNG
             (``pe.manual_seed``), so seeded runs repeat exactly.
+        distributed: data-parallel over MPI ranks (``mpiexec -n N``; see
+            :mod:`pyengine.distributed`): rank 0's weights are broadcast,
+            each rank trains on its shard of every epoch (``batch_size`` is
+            per rank), gradients are averaged after every backward pass,
+            metrics are summed over the ranks (the same history on every
+            rank), and only rank 0 shows the progress bar and writes
+            checkpoints.
 
     Returns:
         History: ``history['loss']``, ``['accuracy']``, ``['val_loss']``,
@@ -419,6 +428,14 @@ def fit(model, loss_fn, optimizer, train, epochs, val=None, batch_size=32, sched
     val_loader = None
     if val is not None:
         val_loader = _loader(val, max(int(batch_size), 256), False, None, "fit(val=...)")
+    ddp = None
+    if distributed:
+        from pyengine.distributed import FitHooks
+
+        ddp = FitHooks(model)
+        train_loader = ddp.train_loader(train_loader)
+        val_loader = ddp.eval_loader(val_loader) if val_loader is not None else None
+        verbose = verbose if ddp.is_main else 0
 
     produced = ["loss"] + [n for n, _ in metric_fns]
     if val_loader is not None:
@@ -470,17 +487,23 @@ def fit(model, loss_fn, optimizer, train, epochs, val=None, batch_size=32, sched
                     loss = float(loss_fn(pred, yb))
                     if not math.isfinite(loss):
                         nonfinite = True
-                        break
+                        if ddp is None:  # (ranks agree in after_backward, then stop together)
+                            break
                     meter.add(loss, pred, yb)  # before backward, which may reuse pred's buffer
                     optimizer.zero_grad()
                     model.backward(loss_fn.backward(), input_grad=False)
+                    if ddp is not None and ddp.after_backward(model, nonfinite):
+                        nonfinite = True
+                        break
                     optimizer.step()
                     if verbose:
                         bar.set_postfix(_fmt(meter.result()), refresh=False)
-                        bar.update(len(pred))
+                        bar.update(len(pred) * (1 if ddp is None else ddp.world_size))
+                if ddp is not None and not nonfinite:
+                    ddp.reduce_meter(meter)
                 logs = meter.result()
                 if val_loader is not None:
-                    logs.update(_run_eval(model, loss_fn, val_loader, metric_fns, "val_"))
+                    logs.update(_run_eval(model, loss_fn, val_loader, metric_fns, "val_", ddp))
                 logs["lr"] = lr
                 logs["time"] = time.perf_counter() - t0
                 if verbose:
@@ -497,7 +520,7 @@ def fit(model, loss_fn, optimizer, train, epochs, val=None, batch_size=32, sched
             tracker.update(logs.get(history.monitor), epoch)
             history.best_epoch = tracker.epoch
 
-            if checkpoint is not None:
+            if checkpoint is not None and (ddp is None or ddp.is_main):
                 checkpoint.update(epoch, logs, model, optimizer, history)
             for s in schedulers:
                 if _wants_metric(s):
@@ -517,6 +540,8 @@ def fit(model, loss_fn, optimizer, train, epochs, val=None, batch_size=32, sched
                 break
     finally:
         model.train(was_training)
+    if ddp is not None:
+        ddp.finish()
 
     if early_stopping is not None and early_stopping.restore_best and \
             early_stopping.best_state is not None and early_stopping.best_epoch != history.epochs:

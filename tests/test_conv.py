@@ -26,6 +26,8 @@ CONFIGS = [
     ((2, 3, 7, 7), (4, 3, 1, 1), 2, 0, 1, 1),            # 1x1 strided
     ((2, 2, 4, 4), (3, 2, 3, 3), 1, 2, (2, 1), 1),       # padding > needed
     ((3, 1, 12, 12), (6, 1, 5, 5), 1, 2, 1, 1),          # first layer, 1 channel
+    ((2, 6, 8, 19), (12, 6, 3, 3), 1, 1, 1, 1),          # 6-channel tiles, 2 pixel vectors
+    ((2, 16, 5, 18), (16, 16, 3, 5), 1, (1, 2), 1, 1),   # 8-channel tiles
 ]
 IDS = [f"x{c[0]}-w{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}".replace(" ", "") for c in CONFIGS]
 ALGOS = ["im2col", "direct"]
@@ -265,11 +267,28 @@ def test_invalid_inputs_raise(rng):
         kconv.conv2d_grad(x, w, np.zeros((1, 3, 5, 5), np.float32))
 
 
-def test_auto_picks_direct_for_depthwise_and_im2col_for_wide():
-    assert kconv.choose_algo((8, 32, 16, 16), (32, 1, 3, 3), padding=1, groups=32) == "direct"
-    assert kconv.choose_algo((64, 1, 28, 28), (6, 1, 5, 5), padding=2) == "direct"
-    assert kconv.choose_algo((32, 64, 32, 32), (64, 64, 3, 3), padding=1) == "im2col"
-    assert kconv.choose_algo((8, 64, 8, 8), (128, 64, 1, 1)) == "im2col"
+@pytest.mark.parametrize("which", ["forward", "backward_input", "backward_weight"])
+def test_auto_heuristic(which):
+    def pick(xs, ws, **kw):
+        return kconv.choose_algo(xs, ws, which=which, **kw)
+    # Depthwise: direct for every pass; first layers: direct except dW.
+    assert pick((8, 32, 16, 16), (32, 1, 3, 3), padding=1, groups=32) == "direct"
+    first = pick((64, 1, 28, 28), (6, 1, 5, 5), padding=2)
+    assert first == ("im2col" if which == "backward_weight" else "direct")
+    # 1x1 stride 1: a plain GEMM; weight gradients of wide layers: GEMM.
+    assert pick((8, 64, 8, 8), (128, 64, 1, 1)) == "im2col"
+    vgg = pick((32, 64, 32, 32), (64, 64, 3, 3), padding=1)
+    assert vgg == ("im2col" if which == "backward_weight" else "direct")
+    assert pick((32, 256, 4, 4), (256, 256, 3, 3), padding=1) == "im2col"
+    assert pick((2, 3, 8, 200), (8, 3, 1, 100)) == "im2col"   # beyond the direct tap table
+
+
+def test_direct_rejects_very_wide_kernels():
+    x = np.zeros((1, 1, 2, 80), np.float32)
+    w = np.zeros((1, 1, 1, 70), np.float32)
+    with pytest.raises(ValueError, match="kernel widths"):
+        kconv.conv2d(x, w, algo="direct")
+    assert kconv.conv2d(x, w, algo="auto").shape == (1, 1, 2, 11)
 
 
 # -- threads ------------------------------------------------------------------
@@ -289,12 +308,16 @@ def test_one_and_two_threads_bitwise_equal(shapes, algo, rng):
     b = rng.standard_normal(ws[0]).astype(np.float32)
     dy = None
     outs = []
-    for t in (1, 2):
-        pe.set_num_threads(t)
-        y = kconv.conv2d(x, w, b, s, p, 1, g, algo=algo)
-        if dy is None:
-            dy = rng.standard_normal(y.shape).astype(np.float32)
-        outs.append((y,) + kconv.conv2d_grad(x, w, dy, s, p, 1, g, algo=algo))
+    old = kconv._set_tuning(min_thread_flops=0)   # small shapes use both threads too
+    try:
+        for t in (1, 2):
+            pe.set_num_threads(t)
+            y = kconv.conv2d(x, w, b, s, p, 1, g, algo=algo)
+            if dy is None:
+                dy = rng.standard_normal(y.shape).astype(np.float32)
+            outs.append((y,) + kconv.conv2d_grad(x, w, dy, s, p, 1, g, algo=algo))
+    finally:
+        kconv._set_tuning(**old)
     for a, b_ in zip(*outs):
         assert np.array_equal(a, b_)
 
@@ -350,3 +373,18 @@ def test_float32_matches_torch(rng):
                       (m.bias.grad, tm.bias.grad)):
         want = want.detach().numpy()
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_auto_mixes_algorithms_per_pass(dtype, rng):
+    # Forward and grad-input run direct, grad-weight im2col for this shape.
+    cfg = ((3, 8, 12, 12), (8, 8, 3, 3), 1, 1, 1, 1)
+    assert [kconv.choose_algo(cfg[0], cfg[1], padding=1, which=w)
+            for w in ("forward", "backward_input", "backward_weight")] == \
+        ["direct", "direct", "im2col"]
+    x, w, b, dy = _data(cfg, dtype, rng)
+    f64 = [a.astype(np.float64) for a in (x, w, b, dy)]
+    _close(kconv.conv2d(x, w, b, padding=1), ref.conv2d_forward(*f64[:3], padding=1), dtype)
+    for got, want in zip(kconv.conv2d_grad(x, w, dy, padding=1),
+                         ref.conv2d_backward(f64[0], f64[1], f64[3], padding=1)):
+        _close(got, want, dtype)

@@ -177,3 +177,16 @@ def test_same_bits_for_1_and_2_threads(name, rng):
         outs.append([y, dx] + [p.grad for p in model.parameters()])
     for a, b in zip(*outs):
         assert np.array_equal(a, b)
+
+
+@needs_cnn
+def test_demo_lenet5_reaches_97_percent(tmp_path, capsys):
+    from pyengine.__main__ import main
+
+    path = str(tmp_path / "lenet5.safetensors")
+    assert main(["demo", "--model", "lenet5", "--threads", "1", "--checkpoint", path]) == 0
+    out = capsys.readouterr().out
+    accuracy = float(out.split("test accuracy: ")[1].split()[0])
+    assert accuracy >= 0.97, out
+    assert main(["eval", path, "--threads", "1"]) == 0
+    assert f"test accuracy: {accuracy:.4f}" in capsys.readouterr().out

@@ -129,3 +129,10 @@ def test_no_grad_is_per_thread():
         t.join()
         assert not pe.is_grad_enabled()
     assert seen["other"] is True and pe.is_grad_enabled()
+
+
+def test_parameter_keeps_0d_shape_and_copies_non_contiguous():
+    p = pe.Parameter(np.array(1.5))
+    assert p.shape == () and p.grad.shape == ()
+    q = pe.Parameter(np.ones((4, 6))[:, ::2])
+    assert q.data.flags.c_contiguous and q.shape == (4, 3)

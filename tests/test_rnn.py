@@ -343,10 +343,11 @@ def test_torch_same_outputs_and_grads(cls, kw, mode, rng):
 
 @pytest.mark.parametrize("cls,kw,mode", CLASSES)
 def test_threads_bitwise_identical(cls, kw, mode, rng):
-    # Batch 64 and hidden 128: several batch chunks per step and bias-grad blocks.
-    m = _module(cls, kw, np.float32, input_size=24, hidden_size=128, bidirectional=True)
-    x = rng.standard_normal((6, 64, 24)).astype(np.float32)
-    g = rng.standard_normal((6, 64, 256)).astype(np.float32)
+    # Batch 64 and hidden 256: several batch chunks per step, bias-grad blocks
+    # summed in parallel.
+    m = _module(cls, kw, np.float32, input_size=16, hidden_size=256, bidirectional=True)
+    x = rng.standard_normal((8, 64, 16)).astype(np.float32)
+    g = rng.standard_normal((8, 64, 512)).astype(np.float32)
     results = []
     for threads in (1, 2, 3):
         pe.set_num_threads(threads)
@@ -445,3 +446,16 @@ def test_saturated_gates_stay_finite(rng):
     dx = m.backward(np.ones_like(out))
     assert np.all(np.isfinite(out)) and np.all(np.isfinite(dx))
     assert np.all(np.abs(out) <= 1)
+
+
+def test_non_contiguous_input_is_copied_not_misread(rng):
+    m = _module(pe.GRU, {}, np.float64, input_size=4, batch_first=True)
+    wide = rng.standard_normal((2, 5, 8))
+    x = wide[:, :, ::2]
+    assert not x.flags.c_contiguous
+    out, hn = m(x)
+    out_c, hn_c = m(np.ascontiguousarray(x))
+    assert np.array_equal(out, out_c) and np.array_equal(hn, hn_c)
+    d = rnn.rnn_forward("RNN_TANH", rng.standard_normal((3, 2, 8))[:, :, ::2],
+                        rng.standard_normal((5, 4)), rng.standard_normal((10, 5))[::2])
+    assert d[0].shape == (3, 2, 5)

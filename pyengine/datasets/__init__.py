@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-__all__ = ["load_digits"]
+__all__ = ["load_digits", "load_text"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -17,3 +17,13 @@ def load_digits():
     """
     with np.load(os.path.join(_HERE, "digits.npz")) as f:
         return f["images"].copy(), f["labels"].copy()
+
+
+def load_text():
+    """About 170 KB of English prose (sections of the Python Language Reference).
+
+    Returns a str of ASCII characters, for character-level language models.
+    Source and licence (PSF License): datasets/PYTHON_REFERENCE.md.
+    """
+    with open(os.path.join(_HERE, "python_reference.txt"), encoding="ascii") as f:
+        return f.read()

@@ -69,8 +69,9 @@ class SGD(Optimizer):
                 continue
             # Parameters without a buffer yet start it from this step's
             # gradient (torch's lazy buffer), the others do the momentum update.
-            fresh = [p for p in params if self.state.get(p, {}).get("momentum_buffer") is None]
-            ongoing = [p for p in params if self.state.get(p, {}).get("momentum_buffer") is not None]
+            has_buf = [self.state.get(p, {}).get("momentum_buffer") is not None for p in params]
+            fresh = [p for p, has in zip(params, has_buf) if not has]
+            ongoing = [p for p, has in zip(params, has_buf) if has]
             for p in fresh:
                 self.state.setdefault(p, {})["momentum_buffer"] = np.empty_like(p.data)
             for subset, init in ((fresh, True), (ongoing, False)):
