@@ -63,8 +63,8 @@ typedef struct {
     Py_ssize_t divisor_override;  /* average: fixed divisor when > 0 */
 } pe_pool2d_params;
 
-/* Mirror of engine/rnn.pxd rnn_dims. Layout as torch: x (T, B, I),
-   w_ih (G*H, I), w_hh (G*H, H), biases (G*H) or NULL, h0/c0/h_n/c_n (B, H),
+/* Mirror of engine/rnn.pxd rnn_dims. Layout as torch: x (T, B, F),
+   w_ih (G*H, F), w_hh (G*H, H), biases (G*H) or NULL, h0/c0/h_n/c_n (B, H),
    y (T, B, ldy); G = 1 (RNN), 4 (LSTM: i, f, g, o), 3 (GRU: r, z, n). */
 #define PE_RNN_TANH 0
 #define PE_RNN_RELU 1
@@ -72,7 +72,7 @@ typedef struct {
 #define PE_RNN_GRU 3
 typedef struct {
     int mode;          /* PE_RNN_TANH, PE_RNN_RELU, PE_RNN_LSTM or PE_RNN_GRU */
-    Py_ssize_t T, B, I, H;
+    Py_ssize_t T, B, F, H;   /* steps, batch, input features, hidden size */
     Py_ssize_t ldy;    /* row stride of y in elements (>= H) */
     int reverse;       /* run t = T-1 down to 0 */
 } pe_rnn_dims;

@@ -115,10 +115,10 @@ static PyObject *lstm(PyObject *self, PyObject *args)
     int i, n = 0, rc = 0;
     (void)self;
     if (!PyArg_ParseTuple(args, "OOOOOOOOOOnnnn", &o[0], &o[1], &o[2], &o[3], &o[4],
-                          &o[5], &o[6], &o[7], &o[8], &o[9], &d.T, &d.B, &d.I, &d.H))
+                          &o[5], &o[6], &o[7], &o[8], &o[9], &d.T, &d.B, &d.F, &d.H))
         return NULL;
     d.mode = PE_RNN_LSTM; d.ldy = d.H; d.reverse = 0;
-    counts[0] = d.T * d.B * d.I; counts[1] = 4 * d.H * d.I; counts[2] = 4 * d.H * d.H;
+    counts[0] = d.T * d.B * d.F; counts[1] = 4 * d.H * d.F; counts[2] = 4 * d.H * d.H;
     counts[3] = counts[4] = 4 * d.H; counts[5] = counts[6] = d.B * d.H;
     counts[7] = d.T * d.B * d.H; counts[8] = counts[9] = d.B * d.H;
     for (n = 0; n < 10; n++)

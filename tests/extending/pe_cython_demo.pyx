@@ -78,7 +78,7 @@ def lstm(const double[:, :, ::1] x, const double[:, ::1] w_ih,
     cdef rnn_dims d
     cdef int rc
     d.mode = RNN_LSTM
-    d.T = x.shape[0]; d.B = x.shape[1]; d.I = x.shape[2]; d.H = h0.shape[1]
+    d.T = x.shape[0]; d.B = x.shape[1]; d.F = x.shape[2]; d.H = h0.shape[1]
     d.ldy = d.H
     d.reverse = False
     with nogil:
