@@ -1,10 +1,17 @@
 """Thin argument checking shared by the Python entries of every kernel family.
 
 Conversions are documented and never silent misreads:
+<<<<<<< HEAD
 - float32 and float64 arrays are used as they are when C-contiguous and
   writeable; a non-contiguous or read-only array (a broadcast view, a
   read-only memory map) is copied to a C-contiguous one (the kernels' typed
   memoryviews need a writeable buffer; the copy is never written back).
+=======
+- float32 and float64 arrays are used as they are when C-contiguous, and so
+  is any other object exposing such a buffer (array.array('f'), memoryview,
+  ...): no copy;
+  a non-contiguous array is copied to a C-contiguous one.
+>>>>>>> interop
 - any other dtype (float16, integers, bool, object) is rejected with TypeError.
 - a shape whose byte size overflows Py_ssize_t raises ValueError, and an
   allocation the machine cannot satisfy raises MemoryError naming the array,
@@ -89,7 +96,15 @@ def out_array(out, name, shape, dtype):
     if out is None:
         return empty(shape, dtype, name)
     if not isinstance(out, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, got {type(out).__name__}")
+        # Any buffer (array.array, memoryview, ...) is written through a view.
+        try:
+            view = memoryview(out)
+        except TypeError:
+            raise TypeError(f"{name} must be a numpy array or a writeable buffer, "
+                            f"got {type(out).__name__}") from None
+        if view.readonly:
+            raise ValueError(f"{name} must be a writeable C-contiguous array")
+        out = np.asarray(view)
     if out.dtype != dtype:
         raise TypeError(f"{name} must have dtype {np.dtype(dtype)}, got {out.dtype}")
     if out.shape != tuple(shape):

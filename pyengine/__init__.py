@@ -31,4 +31,7 @@ from pyengine.training import Checkpoint, EarlyStopping, History, evaluate, fit,
 from pyengine.io import load, save
 # Debugging
 from pyengine.anomaly import AnomalyError, detect_anomaly, is_anomaly_enabled
+# Interop: PyTorch weights, ONNX export (torch / onnx imported lazily)
+from pyengine.interop import from_torch, to_torch_state_dict
+from pyengine.onnx_export import export_onnx
 from pyengine import distributed  # data parallelism over MPI; mpi4py is imported lazily
