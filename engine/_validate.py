@@ -1,17 +1,12 @@
 """Thin argument checking shared by the Python entries of every kernel family.
 
 Conversions are documented and never silent misreads:
-<<<<<<< HEAD
 - float32 and float64 arrays are used as they are when C-contiguous and
-  writeable; a non-contiguous or read-only array (a broadcast view, a
-  read-only memory map) is copied to a C-contiguous one (the kernels' typed
-  memoryviews need a writeable buffer; the copy is never written back).
-=======
-- float32 and float64 arrays are used as they are when C-contiguous, and so
-  is any other object exposing such a buffer (array.array('f'), memoryview,
-  ...): no copy;
-  a non-contiguous array is copied to a C-contiguous one.
->>>>>>> interop
+  writeable, and so is any other object exposing such a buffer
+  (array.array('f'), memoryview, ...): no copy;
+  a non-contiguous or read-only array (a broadcast view, a read-only memory
+  map) is copied to a C-contiguous one (the kernels' typed memoryviews need a
+  writeable buffer; the copy is never written back).
 - any other dtype (float16, integers, bool, object) is rejected with TypeError.
 - a shape whose byte size overflows Py_ssize_t raises ValueError, and an
   allocation the machine cannot satisfy raises MemoryError naming the array,
