@@ -8,6 +8,7 @@ ReLU, Sigmoid, Tanh, Softmax and LogSoftmax, the input for LeakyReLU,
 Softplus and GELU.
 """
 
+import math
 import warnings
 
 import numpy as np
@@ -340,7 +341,7 @@ class Flatten(Module):
             raise ValueError(f"Flatten: start_dim {self.start_dim} comes after "
                              f"end_dim {self.end_dim} for input shape {shape}")
         full = shape if x.ndim else (1,)
-        merged = int(np.prod(full[s:e + 1], dtype=np.int64))
+        merged = math.prod(full[s:e + 1])   # Python ints: no overflow, ~10x cheaper than np.prod
         y = x.reshape(full[:s] + (merged,) + full[e + 1:])
         self._kept = shape if is_grad_enabled() else None
         return y
