@@ -57,6 +57,47 @@ def _peak_gflops(threads, size=2048, reps=5):
     return 2.0 * size ** 3 / best / 1e9
 
 
+def _rss_kib(field):
+    """VmRSS / VmHWM of this process in KiB (Linux), or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _memory(run):
+    """Peak memory of one call of `run`: RSS high-water growth and Python peak.
+
+    The RSS high-water mark is reset first (Linux /proc/self/clear_refs), so the
+    growth counts what the call itself touches beyond what the process already
+    holds (workspaces, temporaries, outputs); tracemalloc counts the Python-side
+    allocations (NumPy arrays included).
+    """
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    base = _rss_kib("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        reset = True
+    except OSError:
+        reset = False
+    run()
+    hwm = _rss_kib("VmHWM")
+    rss_mb = (hwm - base) / 1024 if (reset and hwm is not None and base is not None) else None
+    tracemalloc.start()
+    run()
+    _, py_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {"rss_peak_mb": rss_mb, "py_peak_mb": py_peak / 2**20}
+
+
 def worker_main(backend, threads):
     from pyengine import benchcases
 
@@ -84,6 +125,8 @@ def worker_main(backend, threads):
                     run()
                     times.append(time.perf_counter() - t0)
                 reply = {"ok": True, "times": times}
+            elif msg["cmd"] == "mem":
+                reply = {"ok": True, **_memory(cases[msg["case"]])}
             elif msg["cmd"] == "peak":
                 reply = {"ok": True, "gflops": _peak_gflops(threads)}
             elif msg["cmd"] == "env":
@@ -210,9 +253,12 @@ def run_benchmarks(case_names, threads_list, backends, quick=False, log=print):
                     row = {"case": name, "shape": case.shape, "flops": case.flops,
                            "skipped": skipped, "backends": {}}
                     for b, ts in times.items():
+                        mem = active[b].ask(cmd="mem", case=name)
                         row["backends"][b] = {"median_ms": 1e3 * statistics.median(ts),
                                               "min_ms": 1e3 * min(ts), "max_ms": 1e3 * max(ts),
-                                              "n": len(ts)}
+                                              "n": len(ts),
+                                              "rss_peak_mb": mem.get("rss_peak_mb"),
+                                              "py_peak_mb": mem.get("py_peak_mb")}
                     run["cases"].append(row)
                     log(_format_row(row, peak))
                 results["runs"].append(run)
@@ -239,7 +285,41 @@ def _format_row(row, peak):
         cells.append(f"{gflops:.1f} ({100 * gflops / peak:.0f}%)")
     else:
         cells.append("-")
+    mems = []
+    for name in BACKENDS:
+        m = b.get(name, {})
+        if m.get("py_peak_mb") is None:
+            mems.append("-")
+        else:
+            rss = m.get("rss_peak_mb")
+            mems.append(f"{m['py_peak_mb']:.1f}" + (f"/{rss:.1f}" if rss is not None else ""))
+    cells.append(" ; ".join(mems))
     return "| " + " | ".join(cells) + " |"
+
+
+def _scaling_lines(results):
+    """Speed-up and parallel efficiency of the largest thread count over 1 thread."""
+    runs = {r["threads"]: r for r in results["runs"]}
+    if 1 not in runs or len(runs) < 2:
+        return []
+    n = max(runs)
+    lines = ["", f"### Thread scaling, 1 -> {n} threads (speed-up; parallel efficiency "
+             f"= speed-up / {n})", "",
+             "| case | pyengine | torch |", "|---|---|---|"]
+    one = {r["case"]: r for r in runs[1]["cases"]}
+    for row in runs[n]["cases"]:
+        if row["case"] not in one:
+            continue
+        cells = [row["case"]]
+        for backend in ("pyengine", "torch"):
+            a, c = one[row["case"]]["backends"].get(backend), row["backends"].get(backend)
+            if a and c:
+                sp = a["median_ms"] / c["median_ms"]
+                cells.append(f"{sp:.2f}x ({100 * sp / n:.0f}%)")
+            else:
+                cells.append("-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def format_table(results):
@@ -256,10 +336,12 @@ def format_table(results):
                      f"{run['peak_gflops']:.1f} GFLOPS")
         lines.append("")
         lines.append("| case | shape | pyengine ms median (min-max) | reference ms | torch ms | "
-                     "speedup vs reference | speedup vs torch | pyengine GFLOPS (% of peak) |")
-        lines.append("|---|---|---|---|---|---|---|---|")
+                     "speedup vs reference | speedup vs torch | pyengine GFLOPS (% of peak) | "
+                     "peak MB python-allocs/RSS-growth: pyengine ; reference ; torch |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         for row in run["cases"]:
             lines.append(_format_row(row, run["peak_gflops"]))
+    lines += _scaling_lines(results)
     return "\n".join(lines)
 
 
