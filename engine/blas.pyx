@@ -12,8 +12,8 @@ from engine._validate import float_array, out_array, check_blas_size
 # Every chunk repacks the shared operand, so chunks stay large: at least
 # _CHUNK_DIM rows (or columns) and _MIN_CHUNK_FLOPS of work. Measured at one
 # thread: 16 chunks of 32-64 rows lost 20-35% against one sgemm call, chunks of
-# >= 128 rows lose under 10%.
-cdef double _MIN_CHUNK_FLOPS = 16.0e6
+# >= 128 rows lose under 10%. 4 MFLOP lets a 128x256x256 layer split in two.
+cdef double _MIN_CHUNK_FLOPS = 4.0e6
 cdef Py_ssize_t _CHUNK_DIM = 128
 cdef Py_ssize_t _MAX_CHUNKS = 8
 

@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 BACKENDS = ("pyengine", "reference", "torch")
+_SETTLE_S = 0.2
 
 
 # ----------------------------------------------------------------------------
@@ -248,6 +249,10 @@ def run_benchmarks(case_names, threads_list, backends, quick=False, log=print):
                     order = list(active)
                     for r in range(rounds):
                         for b in order[r % len(order):] + order[:r % len(order)]:
+                            # Let the previous backend's idle thread pools stop
+                            # spinning (OpenBLAS and OpenMP busy-wait for a while
+                            # after their work) before timing the next one.
+                            time.sleep(_SETTLE_S)
                             times[b] += active[b].ask(cmd="time", case=name,
                                                       iters=iters[b])["times"]
                     row = {"case": name, "shape": case.shape, "flops": case.flops,

@@ -428,3 +428,4 @@ def batchnorm2d_case(backend, quick):
 # Pooling and CNN model cases register themselves on import.
 from pyengine import benchcases_cnn  # noqa: E402,F401
 from pyengine import benchcases_rnn  # noqa: E402,F401
+from pyengine import benchcases_conv  # noqa: E402,F401

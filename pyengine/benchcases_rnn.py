@@ -120,3 +120,92 @@ case("lstm_infer_b1", "inference b1 T100 64->128",
     _builder("LSTM", 100, 1, 64, 128, train=False))
 
 __all__ = ["Unsupported"]
+
+
+# -- character language model training step: Embedding -> LSTM -> Linear, CE, SGD ----
+
+_CLM = dict(V=64, E=32, H=128, B=32, T=50, lr=0.1)
+
+
+def _char_lm_flops(V, E, H, B, T):
+    return _flops(4, T, B, E, H) + 3 * 2 * B * T * H * V
+
+
+@case("char_lm_step", "V64 E32 H128 b32 T50 SGD", _char_lm_flops(64, 32, 128, 32, 50))
+def char_lm_step_case(backend, quick):
+    V, E, H, B, T, lr = (_CLM[k] for k in ("V", "E", "H", "B", "T", "lr"))
+    rng = np.random.default_rng(6)
+    ids = rng.integers(0, V, (B, T))
+    target = rng.integers(0, V, (B, T))
+    import pyengine as pe
+    from pyengine.models import char_lm
+    pe.manual_seed(6)
+    init = char_lm(V, E, H).state_dict()
+    state = {}
+    if backend == "pyengine":
+        model = char_lm(V, E, H)
+        model.load_state_dict(init)
+        loss_fn = pe.CrossEntropyLoss()
+        opt = pe.optim.SGD(model.parameters(), lr=lr)
+
+        def run():
+            logits = model(ids)
+            state["loss"] = np.array(loss_fn(logits.reshape(B * T, V), target.reshape(-1)))
+            opt.zero_grad()
+            model.backward(loss_fn.backward().reshape(B, T, V))
+            opt.step()
+
+        return run, lambda: dict(loss=state["loss"], head=model.head.weight.data,
+                                 w_hh=model.lstm.weight_hh_l0.data,
+                                 emb=model.embedding.weight.data)
+    if backend == "reference":
+        from pyengine import reference as ref
+        p = {k: v.copy() for k, v in init.items()}
+        lstm_names = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+
+        def run():
+            emb = ref.embedding_forward(p["embedding.weight"], ids)          # (B, T, E)
+            y, _, _, cache = ref.rnn_forward(
+                "LSTM", emb.transpose(1, 0, 2), {k: p["lstm." + k] for k in lstm_names})
+            hid = y.transpose(1, 0, 2).reshape(B * T, H)
+            logits = ref.linear_forward(hid, p["head.weight"], p["head.bias"])
+            state["loss"] = np.array(ref.cross_entropy_forward(logits, target.reshape(-1)))
+            g = ref.cross_entropy_backward(logits, target.reshape(-1))
+            dhid, dW, db = ref.linear_backward(hid, p["head.weight"], g)
+            dy = dhid.reshape(B, T, H).transpose(1, 0, 2)
+            demb, _, _, grads = ref.rnn_backward(cache, dy)
+            dE = ref.embedding_backward(demb.transpose(1, 0, 2), ids, V)
+            p["head.weight"] -= lr * dW
+            p["head.bias"] -= lr * db
+            p["embedding.weight"] -= lr * dE
+            for k in lstm_names:
+                p["lstm." + k] -= lr * grads[k]
+
+        return run, lambda: dict(loss=state["loss"], head=p["head.weight"],
+                                 w_hh=p["lstm.weight_hh_l0"], emb=p["embedding.weight"])
+    torch = _torch()
+    emb = torch.nn.Embedding(V, E)
+    lstm = torch.nn.LSTM(E, H, batch_first=True)
+    head = torch.nn.Linear(H, V)
+    with torch.no_grad():
+        emb.weight.copy_(torch.from_numpy(init["embedding.weight"]))
+        for k in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+            getattr(lstm, k).copy_(torch.from_numpy(init["lstm." + k]))
+        head.weight.copy_(torch.from_numpy(init["head.weight"]))
+        head.bias.copy_(torch.from_numpy(init["head.bias"]))
+    params = list(emb.parameters()) + list(lstm.parameters()) + list(head.parameters())
+    opt = torch.optim.SGD(params, lr=lr)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    tids, tt = torch.from_numpy(ids), torch.from_numpy(target.reshape(-1))
+
+    def run():
+        opt.zero_grad()
+        out, _ = lstm(emb(tids))
+        loss = loss_fn(head(out).reshape(B * T, V), tt)
+        loss.backward()
+        opt.step()
+        state["loss"] = loss.item()
+
+    return run, lambda: dict(loss=np.array(state["loss"]), head=head.weight.detach().numpy(),
+                             w_hh=lstm.weight_hh_l0.detach().numpy(),
+                             emb=emb.weight.detach().numpy())
