@@ -66,14 +66,10 @@ cdef int sgd_update(floating* param, const floating* grad,
     if n < 0 or (n > 0 and (param == NULL or grad == NULL or
                             (hp.momentum != 0 and momentum_buffer == NULL))):
         return ENGINE_EBADARG
+    # One chunk runs on the calling thread (waking the team costs more than it).
     nchunks = ceil_div(n, CHUNK_ELEMS)
-    if nchunks <= 1:
-        mode = engine_ftz_enter()
-        _sgd_chunk(param, grad, momentum_buffer, 0, n, hp)
-        engine_ftz_exit(mode)
-        return ENGINE_OK
     for c in prange(nchunks, nogil=True, schedule='static',
-                    num_threads=engine_num_threads()):
+                    num_threads=engine_num_threads() if nchunks > 1 else 1):
         lo = c * CHUNK_ELEMS
         mode = engine_ftz_enter()
         _sgd_chunk(param, grad, momentum_buffer, lo, min(n, lo + CHUNK_ELEMS), hp)
@@ -142,14 +138,10 @@ cdef int rmsprop_update(floating* param, const floating* grad,
                             or (hp.momentum > 0 and momentum_buffer == NULL)
                             or (hp.centered and grad_avg == NULL))):
         return ENGINE_EBADARG
+    # One chunk runs on the calling thread (waking the team costs more than it).
     nchunks = ceil_div(n, CHUNK_ELEMS)
-    if nchunks <= 1:
-        mode = engine_ftz_enter()
-        _rmsprop_chunk(param, grad, square_avg, momentum_buffer, grad_avg, 0, n, hp)
-        engine_ftz_exit(mode)
-        return ENGINE_OK
     for c in prange(nchunks, nogil=True, schedule='static',
-                    num_threads=engine_num_threads()):
+                    num_threads=engine_num_threads() if nchunks > 1 else 1):
         lo = c * CHUNK_ELEMS
         mode = engine_ftz_enter()
         _rmsprop_chunk(param, grad, square_avg, momentum_buffer, grad_avg,
@@ -214,14 +206,10 @@ cdef int adam_update(floating* param, const floating* grad,
         return ENGINE_EBADARG
     if hp.bias_correction2_sqrt <= 0:
         return ENGINE_EBADARG
+    # One chunk runs on the calling thread (waking the team costs more than it).
     nchunks = ceil_div(n, CHUNK_ELEMS)
-    if nchunks <= 1:
-        mode = engine_ftz_enter()
-        _adam_chunk(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, 0, n, hp)
-        engine_ftz_exit(mode)
-        return ENGINE_OK
     for c in prange(nchunks, nogil=True, schedule='static',
-                    num_threads=engine_num_threads()):
+                    num_threads=engine_num_threads() if nchunks > 1 else 1):
         lo = c * CHUNK_ELEMS
         mode = engine_ftz_enter()
         _adam_chunk(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
