@@ -282,17 +282,10 @@ cdef int _run_elementwise(int op, bint backward, const floating* a,
         return ENGINE_OK
     if a == NULL or out == NULL or (backward and dy == NULL):
         return ENGINE_EBADARG
+    # One chunk runs on the calling thread (waking the team costs more than it).
     nchunks = ceil_div(n, _CHUNK)
-    if nchunks == 1:
-        mode = engine_ftz_enter()
-        if backward:
-            _backward_chunk(op, a, dy, out, n, <floating>p0, <floating>p1)
-        else:
-            _forward_chunk(op, a, out, n, <floating>p0, <floating>p1)
-        engine_ftz_exit(mode)
-        return ENGINE_OK
     for c in prange(nchunks, nogil=True, schedule='static',
-                    num_threads=engine_num_threads()):
+                    num_threads=engine_num_threads() if nchunks > 1 else 1):
         lo = c * _CHUNK
         hi = min(n, lo + _CHUNK)
         mode = engine_ftz_enter()
@@ -317,13 +310,8 @@ cdef int _run_rows(int op, bint backward, const floating* a, const floating* dy,
         return ENGINE_EBADARG
     per_chunk = max(1, _CHUNK // cols)
     nchunks = ceil_div(rows, per_chunk)
-    if nchunks == 1:
-        mode = engine_ftz_enter()
-        _rows_chunk(op, backward, a, dy, out, rows, cols)
-        engine_ftz_exit(mode)
-        return ENGINE_OK
     for c in prange(nchunks, nogil=True, schedule='static',
-                    num_threads=engine_num_threads()):
+                    num_threads=engine_num_threads() if nchunks > 1 else 1):
         lo = c * per_chunk
         hi = min(rows, lo + per_chunk)
         mode = engine_ftz_enter()
