@@ -1,17 +1,28 @@
 """Batch normalisation forward (training and eval) and backward.
 
 The input is viewed as (N, C, S): S = 1 for (N, C), L for (N, C, L), H*W for
-(N, C, H, W). Each kernel runs in two phases:
+(N, C, H, W).
 
-1. Per-channel reductions, in double precision, each channel reduced by one
-   thread in a fixed order (8 interleaved partial sums per row, so the loop
-   vectorises): forward takes the mean, then the sum of squared deviations
-   (two passes: no cancellation); backward takes sum(dy) and
-   sum(dy * (x - mean)) in one pass. OpenMP splits the channels (or, for
-   S == 1, fixed blocks of channels, so that rows are read contiguously).
-2. One elementwise pass with per-channel coefficients precomputed:
-   forward y = (x - mean) * scale + bias, backward
-   dx = a * dy + b * (x - mean) + k. OpenMP splits the rows.
+S > 1 (images, sequences): OpenMP splits the channels into fixed blocks of
+CHANNEL_BLOCK adjacent channels, and one thread does a block start to finish:
+its reductions, its per-channel coefficients, its elementwise pass. Loops
+run over n outside and the block's channels inside, so each n reads one
+contiguous run of memory (one channel's rows, a page each for 32x32 floats
+and C*S apart, defeat the hardware prefetcher: reading channel by channel
+was 1.5x slower here).
+
+- forward: mean, then the sum of squared deviations (two passes: no
+  cancellation), then y = (x - mean) * scale + shift.
+- backward: sum(dy) and sum(dy * (x - mean)) in one pass, then
+  dx = a * dy + b * (x - mean) + k.
+
+Row sums run in blocks of partial sums in the input's type, added up in
+double (see "reductions"). Every channel adds its rows in ascending n
+whatever the blocking.
+
+S == 1 ((N, C) input): fixed blocks of channels are reduced together so that
+rows are read contiguously, then OpenMP splits the rows for the elementwise
+pass.
 
 No temporaries proportional to the input; results do not depend on the
 thread count.
@@ -30,6 +41,9 @@ from engine._validate import float_array
 cdef enum:
     BLOCK_C = 128          # channels per reduction block when S == 1
     PARALLEL_MIN = 32768   # fewer elements: run on the calling thread
+    LANES = 32             # interleaved partial sums per row reduction
+    SUM_BLOCK = 512        # values per block of partial sums (see reductions)
+    CHANNEL_BLOCK = 4      # adjacent channels one thread does together when S > 1
 
 
 cdef inline int _threads_for(Py_ssize_t elements) noexcept nogil:
@@ -39,73 +53,91 @@ cdef inline int _threads_for(Py_ssize_t elements) noexcept nogil:
 
 
 # ---------------------------------------------------------------- reductions
+# A row is reduced in blocks of SUM_BLOCK values: within a block, LANES
+# independent partial sums in the input's own type (several add chains, so
+# the loop runs at the adds' throughput, not their latency, and float input
+# is never widened element by element); each block's lanes are then added
+# pairwise in double. A float lane sums SUM_BLOCK / LANES = 16 values, so the
+# float rounding stays at the level of a few ulps of the block's total.
+cdef inline double _fold(floating* acc) noexcept nogil:
+    """Pairwise total of acc[:LANES] in double, in a fixed order."""
+    cdef double t[LANES]
+    cdef Py_ssize_t w = LANES // 2, j
+    for j in range(LANES):
+        t[j] = acc[j]
+    while w >= 1:
+        for j in range(w):
+            t[j] += t[j + w]
+        w //= 2
+    return t[0]
+
+
 cdef inline double _row_sum(const floating* x, Py_ssize_t n) noexcept nogil:
-    """sum(x[:n]) in double with 8 interleaved partial sums (vectorises)."""
-    cdef double acc[8]
-    cdef Py_ssize_t i = 0, j
-    for j in range(8):
-        acc[j] = 0
-    while i + 8 <= n:
-        for j in range(8):
+    """sum(x[:n]), accumulated in double across blocks."""
+    cdef floating acc[LANES]
+    cdef double total = 0
+    cdef Py_ssize_t i = 0, j, end
+    while i < n:
+        end = min(n, i + SUM_BLOCK)
+        for j in range(LANES):
+            acc[j] = 0
+        while i + LANES <= end:
+            for j in range(LANES):
+                acc[j] += x[i + j]
+            i += LANES
+        for j in range(end - i):
             acc[j] += x[i + j]
-        i += 8
-    for j in range(n - i):
-        acc[j] += x[i + j]
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+        i = end
+        total += _fold(acc)
+    return total
 
 
-cdef inline double _row_sqdev(const floating* x, Py_ssize_t n, double mean) noexcept nogil:
-    """sum((x[:n] - mean)**2) in double."""
-    cdef double acc[8]
-    cdef double d
-    cdef Py_ssize_t i = 0, j
-    for j in range(8):
-        acc[j] = 0
-    while i + 8 <= n:
-        for j in range(8):
+cdef inline double _row_sqdev(const floating* x, Py_ssize_t n, floating mean) noexcept nogil:
+    """sum((x[:n] - mean)**2), accumulated in double across blocks."""
+    cdef floating acc[LANES]
+    cdef floating d
+    cdef double total = 0
+    cdef Py_ssize_t i = 0, j, end
+    while i < n:
+        end = min(n, i + SUM_BLOCK)
+        for j in range(LANES):
+            acc[j] = 0
+        while i + LANES <= end:
+            for j in range(LANES):
+                d = x[i + j] - mean
+                acc[j] += d * d
+            i += LANES
+        for j in range(end - i):
             d = x[i + j] - mean
             acc[j] += d * d
-        i += 8
-    for j in range(n - i):
-        d = x[i + j] - mean
-        acc[j] += d * d
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+        i = end
+        total += _fold(acc)
+    return total
 
 
 cdef inline void _row_grad_sums(const floating* dy, const floating* x, Py_ssize_t n,
-                                double mean, double* sum_dy,
+                                floating mean, double* sum_dy,
                                 double* sum_dy_xmu) noexcept nogil:
     """sum(dy) and sum(dy * (x - mean)) over one row, added to the outputs."""
-    cdef double a[8]
-    cdef double b[8]
-    cdef Py_ssize_t i = 0, j
-    for j in range(8):
-        a[j] = 0
-        b[j] = 0
-    while i + 8 <= n:
-        for j in range(8):
+    cdef floating a[LANES]
+    cdef floating b[LANES]
+    cdef Py_ssize_t i = 0, j, end
+    while i < n:
+        end = min(n, i + SUM_BLOCK)
+        for j in range(LANES):
+            a[j] = 0
+            b[j] = 0
+        while i + LANES <= end:
+            for j in range(LANES):
+                a[j] += dy[i + j]
+                b[j] += dy[i + j] * (x[i + j] - mean)
+            i += LANES
+        for j in range(end - i):
             a[j] += dy[i + j]
             b[j] += dy[i + j] * (x[i + j] - mean)
-        i += 8
-    for j in range(n - i):
-        a[j] += dy[i + j]
-        b[j] += dy[i + j] * (x[i + j] - mean)
-    sum_dy[0] += ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))
-    sum_dy_xmu[0] += ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]))
-
-
-cdef void _stats_channel(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
-                         Py_ssize_t c, double* mean, double* sqdev) noexcept nogil:
-    cdef Py_ssize_t n
-    cdef double total = 0, m
-    for n in range(N):
-        total += _row_sum(x + (n * C + c) * S, S)
-    m = total / (N * S)
-    total = 0
-    for n in range(N):
-        total += _row_sqdev(x + (n * C + c) * S, S, m)
-    mean[c] = m
-    sqdev[c] = total
+        i = end
+        sum_dy[0] += _fold(a)
+        sum_dy_xmu[0] += _fold(b)
 
 
 cdef void _stats_block(const floating* x, Py_ssize_t N, Py_ssize_t C,
@@ -131,17 +163,6 @@ cdef void _stats_block(const floating* x, Py_ssize_t N, Py_ssize_t C,
             sqdev[c] += d * d
 
 
-cdef void _grad_sums_channel(const floating* dy, const floating* x, const floating* mean,
-                             Py_ssize_t N, Py_ssize_t C, Py_ssize_t S, Py_ssize_t c,
-                             double* sum_dy, double* sum_dy_xmu) noexcept nogil:
-    cdef Py_ssize_t n
-    cdef double a = 0, b = 0
-    for n in range(N):
-        _row_grad_sums(dy + (n * C + c) * S, x + (n * C + c) * S, S, mean[c], &a, &b)
-    sum_dy[c] = a
-    sum_dy_xmu[c] = b
-
-
 cdef void _grad_sums_block(const floating* dy, const floating* x, const floating* mean,
                            Py_ssize_t N, Py_ssize_t C, Py_ssize_t c0, Py_ssize_t c1,
                            double* sum_dy, double* sum_dy_xmu) noexcept nogil:
@@ -155,40 +176,69 @@ cdef void _grad_sums_block(const floating* dy, const floating* x, const floating
             sum_dy_xmu[c] += dy[n * C + c] * (x[n * C + c] - <double>mean[c])
 
 
-cdef void _reduce_stats(const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+cdef void _reduce_stats(const floating* x, Py_ssize_t N, Py_ssize_t C,
                         double* mean, double* sqdev) noexcept nogil:
-    cdef Py_ssize_t c, blk
+    """S == 1: per-channel mean and squared deviations of an (N, C) input."""
+    cdef Py_ssize_t blk
     cdef unsigned int mode
-    if S == 1:
-        for blk in prange(ceil_div(C, BLOCK_C), nogil=True, schedule='static',
-                          num_threads=_threads_for(N * C * S)):
-            mode = engine_ftz_enter()
-            _stats_block(x, N, C, blk * BLOCK_C, min(C, (blk + 1) * BLOCK_C), mean, sqdev)
-            engine_ftz_exit(mode)
-    else:
-        for c in prange(C, nogil=True, schedule='static', num_threads=_threads_for(N * C * S)):
-            mode = engine_ftz_enter()
-            _stats_channel(x, N, C, S, c, mean, sqdev)
-            engine_ftz_exit(mode)
+    for blk in prange(ceil_div(C, BLOCK_C), nogil=True, schedule='static',
+                      num_threads=_threads_for(N * C)):
+        mode = engine_ftz_enter()
+        _stats_block(x, N, C, blk * BLOCK_C, min(C, (blk + 1) * BLOCK_C), mean, sqdev)
+        engine_ftz_exit(mode)
 
 
 cdef void _reduce_grad_sums(const floating* dy, const floating* x, const floating* mean,
-                            Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
+                            Py_ssize_t N, Py_ssize_t C,
                             double* sum_dy, double* sum_dy_xmu) noexcept nogil:
-    cdef Py_ssize_t c, blk
+    """S == 1: per-channel sum(dy) and sum(dy * (x - mean)) of an (N, C) input."""
+    cdef Py_ssize_t blk
     cdef unsigned int mode
-    if S == 1:
-        for blk in prange(ceil_div(C, BLOCK_C), nogil=True, schedule='static',
-                          num_threads=_threads_for(N * C * S)):
-            mode = engine_ftz_enter()
-            _grad_sums_block(dy, x, mean, N, C, blk * BLOCK_C, min(C, (blk + 1) * BLOCK_C),
-                             sum_dy, sum_dy_xmu)
-            engine_ftz_exit(mode)
+    for blk in prange(ceil_div(C, BLOCK_C), nogil=True, schedule='static',
+                      num_threads=_threads_for(N * C)):
+        mode = engine_ftz_enter()
+        _grad_sums_block(dy, x, mean, N, C, blk * BLOCK_C, min(C, (blk + 1) * BLOCK_C),
+                         sum_dy, sum_dy_xmu)
+        engine_ftz_exit(mode)
+
+
+# ---------------------------------------------------------------- per-channel coefficients
+cdef inline void _train_coefficients(Py_ssize_t c, const double* mean, const double* sqdev,
+                                     double M, const floating* weight, const floating* bias,
+                                     double eps, double factor, floating* save_mean,
+                                     floating* save_invstd, floating* running_mean,
+                                     floating* running_var, floating* scale,
+                                     floating* shift) noexcept nogil:
+    """Channel c's batch statistics -> save_*, y's scale/shift, running stats."""
+    cdef double invstd = 1.0 / sqrt(sqdev[c] / M + eps)
+    cdef double w = weight[c] if weight != NULL else 1.0
+    save_mean[c] = <floating>mean[c]
+    save_invstd[c] = <floating>invstd
+    scale[c] = <floating>(w * invstd)
+    shift[c] = bias[c] if bias != NULL else 0
+    if running_mean != NULL:
+        running_mean[c] = <floating>((1.0 - factor) * running_mean[c] + factor * mean[c])
+        running_var[c] = <floating>((1.0 - factor) * running_var[c]
+                                    + factor * (sqdev[c] / (M - 1)))
+
+
+cdef inline void _grad_coefficients(Py_ssize_t c, const double* sum_dy,
+                                    const double* sum_dy_xmu, double M,
+                                    const floating* weight, const floating* invstd,
+                                    bint batch_stats, floating* coef,
+                                    Py_ssize_t C) noexcept nogil:
+    """dx = coef[c] * dy + coef[C + c] * (x - mean) + coef[2C + c] for channel c."""
+    cdef double w = weight[c] if weight != NULL else 1.0
+    cdef double inv = invstd[c]
+    cdef double a = w * inv
+    coef[c] = <floating>a
+    if batch_stats:
+        # d/dx through the batch mean and variance.
+        coef[C + c] = <floating>(-a * inv * inv * sum_dy_xmu[c] / M)
+        coef[2 * C + c] = <floating>(-a * sum_dy[c] / M)
     else:
-        for c in prange(C, nogil=True, schedule='static', num_threads=_threads_for(N * C * S)):
-            mode = engine_ftz_enter()
-            _grad_sums_channel(dy, x, mean, N, C, S, c, sum_dy, sum_dy_xmu)
-            engine_ftz_exit(mode)
+        coef[C + c] = 0
+        coef[2 * C + c] = 0
 
 
 # ---------------------------------------------------------------- elementwise passes
@@ -229,23 +279,87 @@ cdef inline void _grad_row(const floating* dy, const floating* x, floating* dx,
 
 cdef void _input_grad(const floating* dy, const floating* x, floating* dx,
                       const floating* a, const floating* b, const floating* m,
-                      const floating* k, Py_ssize_t N, Py_ssize_t C,
-                      Py_ssize_t S) noexcept nogil:
-    """dx[n, c, :] = a[c] * dy + b[c] * (x - m[c]) + k[c]."""
-    cdef Py_ssize_t n, c, r
+                      const floating* k, Py_ssize_t N, Py_ssize_t C) noexcept nogil:
+    """S == 1: dx[n, c] = a[c] * dy + b[c] * (x - m[c]) + k[c]."""
+    cdef Py_ssize_t n, c
     cdef unsigned int mode
-    if S == 1:
-        for n in prange(N, nogil=True, schedule='static', num_threads=_threads_for(N * C * S)):
-            mode = engine_ftz_enter()
-            for c in range(C):
-                dx[n * C + c] = a[c] * dy[n * C + c] + b[c] * (x[n * C + c] - m[c]) + k[c]
-            engine_ftz_exit(mode)
-    else:
-        for r in prange(N * C, nogil=True, schedule='static', num_threads=_threads_for(N * C * S)):
-            mode = engine_ftz_enter()
-            c = r % C
-            _grad_row(dy + r * S, x + r * S, dx + r * S, S, a[c], b[c], m[c], k[c])
-            engine_ftz_exit(mode)
+    for n in prange(N, nogil=True, schedule='static', num_threads=_threads_for(N * C)):
+        mode = engine_ftz_enter()
+        for c in range(C):
+            dx[n * C + c] = a[c] * dy[n * C + c] + b[c] * (x[n * C + c] - m[c]) + k[c]
+        engine_ftz_exit(mode)
+
+
+# ---------------------------------------------------------------- fused channel-block passes
+# S > 1: one thread does a block of adjacent channels [c0, c1) start to
+# finish: the reductions, the coefficients, the elementwise pass. Loops run
+# over n outside and the block's channels inside, so for each n the block is
+# one contiguous run of memory (a single channel's rows are short and far
+# apart, which defeats the hardware prefetcher). Each channel still adds its
+# rows in ascending n: the result does not depend on the blocking.
+cdef inline Py_ssize_t _channel_block(Py_ssize_t C) noexcept nogil:
+    """Channels per block: CHANNEL_BLOCK, or 1 when C is too small to split."""
+    return CHANNEL_BLOCK if C >= 2 * CHANNEL_BLOCK else 1
+
+
+cdef void _train_block(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C,
+                       Py_ssize_t S, Py_ssize_t c0, Py_ssize_t c1, double* mean,
+                       double* sqdev, const floating* weight, const floating* bias, double eps,
+                       double factor, floating* save_mean, floating* save_invstd,
+                       floating* running_mean, floating* running_var, floating* scale,
+                       floating* shift) noexcept nogil:
+    # Two passes (mean, then squared deviations from it): no cancellation.
+    cdef Py_ssize_t n, c, r
+    for c in range(c0, c1):
+        mean[c] = 0
+        sqdev[c] = 0
+    for n in range(N):
+        for c in range(c0, c1):
+            mean[c] += _row_sum(x + (n * C + c) * S, S)
+    for c in range(c0, c1):
+        mean[c] = mean[c] / (N * S)
+    for n in range(N):
+        for c in range(c0, c1):
+            sqdev[c] += _row_sqdev(x + (n * C + c) * S, S, <floating>mean[c])
+    for c in range(c0, c1):
+        _train_coefficients(c, mean, sqdev, <double>N * S, weight, bias, eps, factor,
+                            save_mean, save_invstd, running_mean, running_var, scale, shift)
+    for n in range(N):
+        for c in range(c0, c1):
+            r = (n * C + c) * S
+            _normalize_row(x + r, y + r, S, save_mean[c], scale[c], shift[c])
+
+
+cdef void _backward_block(const floating* dy, const floating* x, const floating* weight,
+                          const floating* mean, const floating* invstd, floating* dx,
+                          floating* grad_weight, floating* grad_bias, Py_ssize_t N,
+                          Py_ssize_t C, Py_ssize_t S, Py_ssize_t c0, Py_ssize_t c1,
+                          bint batch_stats, double* sum_dy, double* sum_dy_xmu,
+                          floating* coef) noexcept nogil:
+    cdef Py_ssize_t n, c, r
+    if grad_weight != NULL or grad_bias != NULL or (dx != NULL and batch_stats):
+        for c in range(c0, c1):
+            sum_dy[c] = 0
+            sum_dy_xmu[c] = 0
+        for n in range(N):
+            for c in range(c0, c1):
+                r = (n * C + c) * S
+                _row_grad_sums(dy + r, x + r, S, mean[c], &sum_dy[c], &sum_dy_xmu[c])
+        for c in range(c0, c1):
+            if grad_weight != NULL:
+                grad_weight[c] += <floating>(sum_dy_xmu[c] * invstd[c])
+            if grad_bias != NULL:
+                grad_bias[c] += <floating>sum_dy[c]
+    if dx == NULL:
+        return
+    for c in range(c0, c1):
+        _grad_coefficients(c, sum_dy, sum_dy_xmu, <double>N * S, weight, invstd, batch_stats,
+                           coef, C)
+    for n in range(N):
+        for c in range(c0, c1):
+            r = (n * C + c) * S
+            _grad_row(dy + r, x + r, dx + r, S, coef[c], coef[C + c], mean[c],
+                      coef[2 * C + c])
 
 
 # ---------------------------------------------------------------- C-level entries
@@ -255,9 +369,7 @@ cdef int batchnorm_forward_train(const floating* x, const floating* weight,
                                  floating* running_mean, floating* running_var,
                                  Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                                  double eps, double factor) noexcept nogil:
-    cdef Py_ssize_t c
-    cdef double M = <double>N * S
-    cdef double invstd, w
+    cdef Py_ssize_t c, blk, cb
     cdef double* mean
     cdef double* sqdev
     cdef floating* scale
@@ -277,21 +389,24 @@ cdef int batchnorm_forward_train(const floating* x, const floating* weight,
         return ENGINE_ENOMEM
     sqdev = mean + C
     shift = scale + C
-    _reduce_stats(x, N, C, S, mean, sqdev)
-    mode = engine_ftz_enter()
-    for c in range(C):
-        invstd = 1.0 / sqrt(sqdev[c] / M + eps)
-        save_mean[c] = <floating>mean[c]
-        save_invstd[c] = <floating>invstd
-        w = weight[c] if weight != NULL else 1.0
-        scale[c] = <floating>(w * invstd)
-        shift[c] = bias[c] if bias != NULL else 0
-        if running_mean != NULL:
-            running_mean[c] = <floating>((1.0 - factor) * running_mean[c] + factor * mean[c])
-            running_var[c] = <floating>((1.0 - factor) * running_var[c]
-                                        + factor * (sqdev[c] / (M - 1)))
-    engine_ftz_exit(mode)
-    _normalize(x, y, save_mean, scale, shift, N, C, S)
+    if S > 1:
+        cb = _channel_block(C)
+        for blk in prange(ceil_div(C, cb), nogil=True, schedule='static',
+                          num_threads=_threads_for(N * C * S)):
+            mode = engine_ftz_enter()
+            _train_block(x, y, N, C, S, blk * cb, min(C, (blk + 1) * cb), mean, sqdev, weight,
+                         bias, eps, factor, save_mean, save_invstd, running_mean,
+                         running_var, scale, shift)
+            engine_ftz_exit(mode)
+    else:
+        _reduce_stats(x, N, C, mean, sqdev)
+        mode = engine_ftz_enter()
+        for c in range(C):
+            _train_coefficients(c, mean, sqdev, <double>N * S, weight, bias, eps, factor,
+                                save_mean, save_invstd, running_mean, running_var, scale,
+                                shift)
+        engine_ftz_exit(mode)
+        _normalize(x, y, save_mean, scale, shift, N, C, S)
     free(mean)
     free(scale)
     return ENGINE_OK
@@ -332,12 +447,11 @@ cdef int batchnorm_backward(const floating* grad_y, const floating* x,
                             floating* grad_weight, floating* grad_bias,
                             Py_ssize_t N, Py_ssize_t C, Py_ssize_t S,
                             bint batch_stats) noexcept nogil:
-    cdef Py_ssize_t c
-    cdef double M = <double>N * S
-    cdef double w, inv, a
+    cdef Py_ssize_t c, blk, cb
     cdef double* sum_dy
     cdef double* sum_dy_xmu
     cdef floating* coef
+    cdef unsigned int mode
     if N < 0 or C < 0 or S < 0 or (batch_stats and N * S < 1):
         return ENGINE_EBADARG
     if C == 0 or N * S == 0:
@@ -349,27 +463,28 @@ cdef int batchnorm_backward(const floating* grad_y, const floating* x,
         free(coef)
         return ENGINE_ENOMEM
     sum_dy_xmu = sum_dy + C
-    if grad_weight != NULL or grad_bias != NULL or (grad_x != NULL and batch_stats):
-        _reduce_grad_sums(grad_y, x, mean, N, C, S, sum_dy, sum_dy_xmu)
-        for c in range(C):
-            if grad_weight != NULL:
-                grad_weight[c] += <floating>(sum_dy_xmu[c] * invstd[c])
-            if grad_bias != NULL:
-                grad_bias[c] += <floating>sum_dy[c]
-    if grad_x != NULL:
-        for c in range(C):
-            w = weight[c] if weight != NULL else 1.0
-            inv = invstd[c]
-            a = w * inv
-            coef[c] = <floating>a
-            if batch_stats:
-                # d/dx through the batch mean and variance.
-                coef[C + c] = <floating>(-a * inv * inv * sum_dy_xmu[c] / M)
-                coef[2 * C + c] = <floating>(-a * sum_dy[c] / M)
-            else:
-                coef[C + c] = 0
-                coef[2 * C + c] = 0
-        _input_grad(grad_y, x, grad_x, coef, coef + C, mean, coef + 2 * C, N, C, S)
+    if S > 1:
+        cb = _channel_block(C)
+        for blk in prange(ceil_div(C, cb), nogil=True, schedule='static',
+                          num_threads=_threads_for(N * C * S)):
+            mode = engine_ftz_enter()
+            _backward_block(grad_y, x, weight, mean, invstd, grad_x, grad_weight, grad_bias,
+                            N, C, S, blk * cb, min(C, (blk + 1) * cb), batch_stats, sum_dy,
+                            sum_dy_xmu, coef)
+            engine_ftz_exit(mode)
+    else:
+        if grad_weight != NULL or grad_bias != NULL or (grad_x != NULL and batch_stats):
+            _reduce_grad_sums(grad_y, x, mean, N, C, sum_dy, sum_dy_xmu)
+            for c in range(C):
+                if grad_weight != NULL:
+                    grad_weight[c] += <floating>(sum_dy_xmu[c] * invstd[c])
+                if grad_bias != NULL:
+                    grad_bias[c] += <floating>sum_dy[c]
+        if grad_x != NULL:
+            for c in range(C):
+                _grad_coefficients(c, sum_dy, sum_dy_xmu, <double>N * S, weight, invstd,
+                                   batch_stats, coef, C)
+            _input_grad(grad_y, x, grad_x, coef, coef + C, mean, coef + 2 * C, N, C)
     free(sum_dy)
     free(coef)
     return ENGINE_OK

@@ -7,7 +7,10 @@ import pyengine as pe
 from engine import norm as kernels
 from pyengine import reference as ref
 
-SHAPES = [(5, 3), (1, 4, 7), (4, 3, 9), (3, 5, 4, 6), (2, 2, 1, 1), (7, 130), (2, 3, 17)]
+# (3, 18, 5, 7): channel blocks of 4 with a partial last block; (2, 17, 600):
+# rows longer than one 512-value block of partial sums, with a tail.
+SHAPES = [(5, 3), (1, 4, 7), (4, 3, 9), (3, 5, 4, 6), (2, 2, 1, 1), (7, 130), (2, 3, 17),
+          (3, 18, 5, 7), (2, 17, 600)]
 
 
 def _bn_for(shape, **kw):
@@ -94,7 +97,9 @@ def test_kernel_without_affine_or_running_stats(rng):
                                        input_grad=False) is None
 
 
-@pytest.mark.parametrize("shape", [(64, 40), (16, 300), (8, 16, 33), (4, 8, 9, 9)], ids=str)
+# (4, 18, 21, 23) is large enough to run on two threads, over channel blocks.
+@pytest.mark.parametrize("shape", [(64, 40), (16, 300), (8, 16, 33), (4, 8, 9, 9),
+                                   (4, 18, 21, 23)], ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_threads_bitwise_equal(shape, dtype):
     results = []
