@@ -11,8 +11,10 @@ contiguous run of memory (one channel's rows, a page each for 32x32 floats
 and C*S apart, defeat the hardware prefetcher: reading channel by channel
 was 1.5x slower here).
 
-- forward: mean, then the sum of squared deviations (two passes: no
-  cancellation), then y = (x - mean) * scale + shift.
+- forward: one pass over memory for the statistics: each 512-value segment
+  of a row gets its mean and squared deviations (two passes over values
+  still in L1: no cancellation), merged into the channel's running ones with
+  Chan, Golub and LeVeque's pairwise update; then y = (x - mean) * scale + shift.
 - backward: sum(dy) and sum(dy * (x - mean)) in one pass, then
   dx = a * dy + b * (x - mean) + k.
 
@@ -72,47 +74,54 @@ cdef inline double _fold(floating* acc) noexcept nogil:
     return t[0]
 
 
-cdef inline double _row_sum(const floating* x, Py_ssize_t n) noexcept nogil:
-    """sum(x[:n]), accumulated in double across blocks."""
+cdef inline void _segment_stats(const floating* x, Py_ssize_t n, double* mean,
+                                double* m2) noexcept nogil:
+    """Mean and sum of squared deviations of x[:n], n <= SUM_BLOCK: two passes
+    (no cancellation) over values that are still in L1 for the second."""
     cdef floating acc[LANES]
-    cdef double total = 0
-    cdef Py_ssize_t i = 0, j, end
-    while i < n:
-        end = min(n, i + SUM_BLOCK)
+    cdef floating d, m
+    cdef floating k = x[0]   # sums of x - k stay small whatever the offset of x
+    cdef Py_ssize_t i = 0, j
+    for j in range(LANES):
+        acc[j] = 0
+    while i + LANES <= n:
         for j in range(LANES):
-            acc[j] = 0
-        while i + LANES <= end:
-            for j in range(LANES):
-                acc[j] += x[i + j]
-            i += LANES
-        for j in range(end - i):
-            acc[j] += x[i + j]
-        i = end
-        total += _fold(acc)
-    return total
-
-
-cdef inline double _row_sqdev(const floating* x, Py_ssize_t n, floating mean) noexcept nogil:
-    """sum((x[:n] - mean)**2), accumulated in double across blocks."""
-    cdef floating acc[LANES]
-    cdef floating d
-    cdef double total = 0
-    cdef Py_ssize_t i = 0, j, end
-    while i < n:
-        end = min(n, i + SUM_BLOCK)
+            acc[j] += x[i + j] - k
+        i += LANES
+    for j in range(n - i):
+        acc[j] += x[i + j] - k
+    mean[0] = k + _fold(acc) / n
+    m = <floating>mean[0]
+    i = 0
+    for j in range(LANES):
+        acc[j] = 0
+    while i + LANES <= n:
         for j in range(LANES):
-            acc[j] = 0
-        while i + LANES <= end:
-            for j in range(LANES):
-                d = x[i + j] - mean
-                acc[j] += d * d
-            i += LANES
-        for j in range(end - i):
-            d = x[i + j] - mean
+            d = x[i + j] - m
             acc[j] += d * d
-        i = end
-        total += _fold(acc)
-    return total
+        i += LANES
+    for j in range(n - i):
+        d = x[i + j] - m
+        acc[j] += d * d
+    # deviations were taken from m, the mean rounded to the input's type
+    m2[0] = max(_fold(acc) - n * (mean[0] - m) * (mean[0] - m), 0.0)
+
+
+cdef inline void _row_stats(const floating* x, Py_ssize_t n, Py_ssize_t count,
+                            double* mean, double* m2) noexcept nogil:
+    """Merge x[:n] into (mean, m2), the statistics of the `count` values seen so
+    far, segment by segment (Chan, Golub and LeVeque's pairwise update)."""
+    cdef Py_ssize_t i = 0, k
+    cdef double seg_mean, seg_m2, delta, total
+    while i < n:
+        k = min(n - i, SUM_BLOCK)
+        _segment_stats(x + i, k, &seg_mean, &seg_m2)
+        total = <double>(count + k)
+        delta = seg_mean - mean[0]
+        mean[0] += delta * (k / total)
+        m2[0] += seg_m2 + delta * delta * (count * (k / total))
+        count += k
+        i += k
 
 
 cdef inline void _row_grad_sums(const floating* dy, const floating* x, Py_ssize_t n,
@@ -308,19 +317,14 @@ cdef void _train_block(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t 
                        double factor, floating* save_mean, floating* save_invstd,
                        floating* running_mean, floating* running_var, floating* scale,
                        floating* shift) noexcept nogil:
-    # Two passes (mean, then squared deviations from it): no cancellation.
+    # One pass over memory: segment statistics merged row by row (_row_stats).
     cdef Py_ssize_t n, c, r
     for c in range(c0, c1):
         mean[c] = 0
         sqdev[c] = 0
     for n in range(N):
         for c in range(c0, c1):
-            mean[c] += _row_sum(x + (n * C + c) * S, S)
-    for c in range(c0, c1):
-        mean[c] = mean[c] / (N * S)
-    for n in range(N):
-        for c in range(c0, c1):
-            sqdev[c] += _row_sqdev(x + (n * C + c) * S, S, <floating>mean[c])
+            _row_stats(x + (n * C + c) * S, S, n * S, &mean[c], &sqdev[c])
     for c in range(c0, c1):
         _train_coefficients(c, mean, sqdev, <double>N * S, weight, bias, eps, factor,
                             save_mean, save_invstd, running_mean, running_var, scale, shift)
