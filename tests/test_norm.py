@@ -119,6 +119,19 @@ def test_threads_bitwise_equal(shape, dtype):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("offset, spread", [(1e3, 1e-2), (1e4, 1.0), (0.0, 1e-3)])
+@pytest.mark.parametrize("shape", [(32, 8, 16, 16), (3, 8, 700)], ids=str)
+def test_float32_statistics_survive_a_large_offset(rng, shape, offset, spread):
+    # mean/spread up to 1e5: float32 sums of raw values would lose the variance.
+    x = (offset + spread * rng.standard_normal(shape)).astype(np.float32)
+    _, mean, invstd = kernels.batch_norm_forward(x, training=True, eps=1e-5)
+    xd = x.astype(np.float64)
+    axes = (0,) + tuple(range(2, x.ndim))
+    want_invstd = 1 / np.sqrt(xd.var(axis=axes) + 1e-5)
+    np.testing.assert_allclose(mean, xd.mean(axis=axes), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(invstd, want_invstd, rtol=1e-6)
+
+
 # ---------------------------------------------------------------- the modules
 @pytest.mark.parametrize("shape", [(4, 3), (3, 2, 5), (2, 3, 3, 4), (1, 2, 3, 2)], ids=str)
 @pytest.mark.parametrize("affine", [True, False])
