@@ -55,32 +55,32 @@ def model_inputs(name, x):
 
 
 def shifted_copies(x, y):
-    """The (N, 64) digits plus copies shifted by one pixel up, down, left and
-    right (zero fill): 5x the training data, and test accuracy ~1 point higher
-    and steadier across seeds for the CNN."""
+    """The (N, 64) digits plus copies shifted by one pixel towards each of the
+    8 neighbours (zero fill): 9x the training data. For the CNN this makes test
+    accuracy higher and steadier across seeds (and across BLAS builds, whose
+    rounding changes the training trajectory)."""
     images = x.reshape(-1, 8, 8)
     copies = [images]
-    for axis, step in ((1, 1), (1, -1), (2, 1), (2, -1)):
-        shifted = np.roll(images, step, axis=axis)
-        edge = [slice(None)] * 3
-        edge[axis] = 0 if step == 1 else -1
-        shifted[tuple(edge)] = 0
+    for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1)):
+        shifted = np.zeros_like(images)
+        shifted[:, max(dy, 0):8 + min(dy, 0), max(dx, 0):8 + min(dx, 0)] = \
+            images[:, max(-dy, 0):8 + min(-dy, 0), max(-dx, 0):8 + min(-dx, 0)]
         copies.append(shifted)
     return np.concatenate(copies).reshape(-1, 64), np.concatenate([y] * len(copies))
 
 
 # --model name -> what the demo trains: its title, its architecture (rebuilt
 # from checkpoints by build_model), whether the training images get shifted
-# copies, and the default batch size.
+# copies, and the default batch size and Adam learning rate.
 DEMOS = {
     "mlp": dict(title="MLP 64-128-64-10",
                 arch={"name": "mlp",
                       "args": {"in_features": 64, "hidden": [128, 64], "classes": 10}},
-                augment=False, batch_size=32),
+                augment=False, batch_size=32, lr=3e-3),
     "lenet5": dict(title="LeNet-5 (8x8 digits upsampled 3x + padded to 28x28, training "
                    "set + 1-pixel shifted copies)",
                    arch={"name": "lenet5", "args": {"num_classes": 10, "in_channels": 1}},
-                   augment=True, batch_size=64),
+                   augment=True, batch_size=64, lr=1e-3),
 }
 
 
@@ -96,6 +96,8 @@ def demo_digits(args):
     demo = DEMOS[args.model]
     if args.batch_size is None:
         args.batch_size = demo["batch_size"]
+    if args.lr is None:
+        args.lr = demo["lr"]
     world, is_main = 1, True
     if args.distributed:
         import pyengine.distributed as dist
@@ -181,6 +183,7 @@ def demo_char_lm(args):
     seq_len, batch = args.seq_len, args.batch_size or 32
     model = char_lm(len(vocab), embed_dim=32, hidden_size=args.hidden_size, num_layers=1)
     loss_fn = pe.CrossEntropyLoss()
+    args.lr = args.lr or 3e-3
     opt = pe.optim.Adam(model.parameters(), lr=args.lr)
     steps = max(1, len(train_ids) // (seq_len * batch))
     epochs = args.epochs or 6
@@ -245,7 +248,7 @@ def cmd_demo(args):
     if args.model == "char-lm":
         # success when the model beats a unigram guess by a clear margin
         return 0 if demo_char_lm(args) < 2.5 else 1
-    args.epochs = args.epochs or 30
+    args.epochs = args.epochs or 60  # early stopping ends a run well before
     if args.checkpoint is None:
         args.checkpoint = f"pyengine_demo_{args.model}.safetensors"
     accuracy = demo_digits(args)
@@ -321,7 +324,8 @@ def main(argv=None):
                       "demo --distributed (threads per rank default to cores / ranks)")
     demo.add_argument("--progress", action="store_true",
                       help="show the progress bar even when stderr is not a terminal")
-    demo.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    demo.add_argument("--lr", type=float, default=None,
+                      help="Adam learning rate (default: 3e-3; lenet5: 1e-3)")
     demo.add_argument("--temperature", type=float, default=0.7,
                       help="char-lm: sampling temperature")
     demo.add_argument("--sample-length", type=int, default=300,
