@@ -31,6 +31,15 @@ cdef extern from *:
     #include <stdint.h>
     #include <string.h>
 
+    /* The gate passes select with comparisons (clamps, signs, branches of
+       tanh). With the default -ftrapping-math GCC if-converts a compare only
+       where AVX-512 masks make it safe, so under AVX2 every gate loop stayed
+       scalar (~100 cycles per element, a quarter of an LSTM step).
+       Nothing here reads the floating-point exception flags, and the result
+       of each operation is unchanged: only the traps are assumed away. */
+    #pragma GCC push_options
+    #pragma GCC optimize ("no-trapping-math")
+
     /* exp(x) = 2^n * e^r, |r| <= ln2/2, Cephes expf polynomial. x is clamped
        to [-87, 88] so 2^n stays a normal float. */
     static inline float rnn_expf(float x) {
@@ -161,12 +170,26 @@ cdef extern from *:
     /* Per-step GEMM for float32: C[M, N] (+)= A[M, K] @ W[K, N], W rows contiguous.
        BLAS repacks the whole weight matrix on every call, which costs as much
        as the product itself at the sizes of one time step (B rows); this
-       kernel streams W as it is instead, keeping a 4 x 64 tile of C in
-       registers (gcc vector extensions: AVX-512, AVX2 or SSE as compiled). */
+       kernel streams W as it is instead, keeping a tile of C in registers
+       (gcc vector extensions). The tile fits the register file of the ISA
+       compiled for: AVX-512 (32 zmm): 6 rows x 4 vectors of 16; AVX2 or SSE
+       (16 registers): 6 rows x 2 vectors of 8 (or 4). A tile wider than the
+       register file spills on every k and runs 20x slower (measured: a
+       6 x 64 tile built for AVX2 reached 3.5 GFLOPS, the 6 x 16 one 66-80). */
     #pragma GCC push_options
     #pragma GCC optimize ("fp-contract=fast")
-    typedef float rnn_v16 __attribute__((vector_size(64)));
-    typedef float rnn_v16u __attribute__((vector_size(64), aligned(4)));
+    #if defined(__AVX512F__)
+    #define RNN_VL 16
+    #define RNN_NV 4
+    #elif defined(__AVX__)
+    #define RNN_VL 8
+    #define RNN_NV 2
+    #else
+    #define RNN_VL 4
+    #define RNN_NV 2
+    #endif
+    typedef float rnn_vec __attribute__((vector_size(4 * RNN_VL)));
+    typedef float rnn_vecu __attribute__((vector_size(4 * RNN_VL), aligned(4)));
 
     /* Rows [m, M) of one column block: tiles of 6, 4, 2 and 1 rows. */
     #define RNN_ROW_TILES(NV) \
@@ -191,22 +214,24 @@ cdef extern from *:
             const int R, const int NV, Py_ssize_t K, const float* restrict a,
             Py_ssize_t lda, const float* restrict w, Py_ssize_t ldw,
             float* restrict c, Py_ssize_t ldc, int accumulate) {
-        rnn_v16 acc[6][8];
-        #pragma GCC unroll 4
+        rnn_vec acc[6][8];
+        #pragma GCC unroll 6
         for (int r = 0; r < R; r++) {
             #pragma GCC unroll 8
             for (int v = 0; v < NV; v++)
-                acc[r][v] = accumulate ? *(const rnn_v16u*)(c + r * ldc + 16 * v)
-                                       : (rnn_v16){0};
+                acc[r][v] = accumulate ? *(const rnn_vecu*)(c + r * ldc + RNN_VL * v)
+                                       : (rnn_vec){0};
         }
         for (Py_ssize_t k = 0; k < K; k++) {
-            rnn_v16 wv[8];
+            rnn_vec wv[8];
             #pragma GCC unroll 8
             for (int v = 0; v < NV; v++) {
-                wv[v] = *(const rnn_v16u*)(w + k * ldw + 16 * v);
-    #if defined(__AVX512F__)
+                wv[v] = *(const rnn_vecu*)(w + k * ldw + RNN_VL * v);
                 /* Keep W in registers: folded into each FMA it is loaded R times. */
+    #if defined(__AVX512F__)
                 __asm__("" : "+v"(wv[v]));
+    #else
+                __asm__("" : "+x"(wv[v]));
     #endif
             }
             #pragma GCC unroll 6
@@ -216,10 +241,10 @@ cdef extern from *:
                 for (int v = 0; v < NV; v++) acc[r][v] += s * wv[v];
             }
         }
-        #pragma GCC unroll 4
+        #pragma GCC unroll 6
         for (int r = 0; r < R; r++) {
             #pragma GCC unroll 8
-            for (int v = 0; v < NV; v++) *(rnn_v16u*)(c + r * ldc + 16 * v) = acc[r][v];
+            for (int v = 0; v < NV; v++) *(rnn_vecu*)(c + r * ldc + RNN_VL * v) = acc[r][v];
         }
     }
 
@@ -228,16 +253,17 @@ cdef extern from *:
             Py_ssize_t ldw, float* restrict c, Py_ssize_t ldc, int accumulate) {
         Py_ssize_t n0 = 0, m;
         if (M < 4) {
-            /* Few rows (batch-1 inference): 8 vectors per row hide the FMA latency. */
-            for (; n0 + 128 <= N; n0 += 128)
+            /* Few rows (batch-1 inference): more vectors per row hide the FMA
+               latency (8 + 8 registers of the 32 with AVX-512, 4 + 4 of 16). */
+            for (; n0 + 2 * RNN_NV * RNN_VL <= N; n0 += 2 * RNN_NV * RNN_VL)
                 for (m = 0; m < M; m++)
-                    rnn_sgemm_tile(1, 8, K, a + m * lda, lda, w + n0, ldw,
+                    rnn_sgemm_tile(1, 2 * RNN_NV, K, a + m * lda, lda, w + n0, ldw,
                                    c + m * ldc + n0, ldc, accumulate);
         }
-        for (; n0 + 64 <= N; n0 += 64) {
-            RNN_ROW_TILES(4)
+        for (; n0 + RNN_NV * RNN_VL <= N; n0 += RNN_NV * RNN_VL) {
+            RNN_ROW_TILES(RNN_NV)
         }
-        for (; n0 + 16 <= N; n0 += 16) {
+        for (; n0 + RNN_VL <= N; n0 += RNN_VL) {
             RNN_ROW_TILES(1)
         }
         if (n0 < N) {
@@ -266,6 +292,7 @@ cdef extern from *:
 
     RNN_DEFINE_CELLS(float, f, rnn_sigmoidf, rnn_tanhf)
     RNN_DEFINE_CELLS(double, d, rnn_sigmoid, rnn_tanh)
+    #pragma GCC pop_options
     """
     void rnn_lstm_fwd_f(Py_ssize_t H, float* gi, float* gf, float* gg, float* go,
                         const float* bias, const float* c_prev, float* c_new,
