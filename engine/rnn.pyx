@@ -669,19 +669,26 @@ cdef void _backward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
 
 cdef int _merged_weight_grads(const rnn_dims* d, const floating* x, const floating* y,
                               const floating* h0, const floating* dg, Py_ssize_t ldg,
-                              floating* grad_w_ih, floating* grad_w_hh) noexcept nogil:
-    """[grad W_ih | grad W_hh] += dG^T [x_t | h_{t-1}]: ONE GEMM with K = T*B.
+                              floating* grad_w_ih, floating* grad_w_hh,
+                              floating* grad_b_ih, floating* grad_b_hh) noexcept nogil:
+    """[grad W_ih | grad W_hh | grad b] += dG^T [x_t | h_{t-1} | 1]: ONE GEMM, K = T*B.
 
     For the LSTM and Elman RNN the input and hidden sides share dG, so both
     weight gradients come from one product (dG is packed once, not twice).
+    When a bias gradient is wanted, a column of ones rides along: the GEMM's
+    last output column is the column sum of dG (both biases' gradient), which
+    saves a separate pass over the T*B x G*H gradients.
     Returns ENGINE_ENOMEM (caller falls back to two GEMMs) if buffers fail.
     """
-    cdef Py_ssize_t T = d.T, B = d.B, I = d.F, H = d.H, W = d.F + d.H
+    cdef bint with_bias = grad_b_ih != NULL or grad_b_hh != NULL
+    cdef Py_ssize_t T = d.T, B = d.B, I = d.F, H = d.H
+    cdef Py_ssize_t W = d.F + d.H + (1 if with_bias else 0)
     cdef Py_ssize_t GH = rnn_num_gates(d.mode) * d.H, s, t, b, k, j
     cdef const floating* hp
     cdef Py_ssize_t ld_hp
     cdef floating* xh = <floating*>malloc(T * B * W * sizeof(floating))
     cdef floating* prod = <floating*>malloc(GH * W * sizeof(floating))
+    cdef floating* row
     if xh == NULL or prod == NULL:
         free(xh)
         free(prod)
@@ -693,8 +700,11 @@ cdef int _merged_weight_grads(const rnn_dims* d, const floating* x, const floati
         else:
             hp, ld_hp = y + _time_index(d, s - 1) * B * d.ldy, d.ldy
         for b in range(B):
-            memcpy(xh + (t * B + b) * W, x + (t * B + b) * I, I * sizeof(floating))
-            memcpy(xh + (t * B + b) * W + I, hp + b * ld_hp, H * sizeof(floating))
+            row = xh + (t * B + b) * W
+            memcpy(row, x + (t * B + b) * I, I * sizeof(floating))
+            memcpy(row + I, hp + b * ld_hp, H * sizeof(floating))
+            if with_bias:
+                row[I + H] = 1
     gemm_parallel(True, False, <int>GH, <int>W, <int>(T * B), <floating>1, dg, <int>ldg,
                   xh, <int>W, <floating>0, prod, <int>W)
     for k in range(GH):
@@ -702,6 +712,10 @@ cdef int _merged_weight_grads(const rnn_dims* d, const floating* x, const floati
             grad_w_ih[k * I + j] += prod[k * W + j]
         for j in range(H):
             grad_w_hh[k * H + j] += prod[k * W + I + j]
+        if grad_b_ih != NULL:
+            grad_b_ih[k] += prod[k * W + I + H]
+        if grad_b_hh != NULL:
+            grad_b_hh[k] += prod[k * W + I + H]
     free(xh)
     free(prod)
     return ENGINE_OK
@@ -847,13 +861,15 @@ cdef int rnn_backward(const rnn_dims* d, const floating* x,
     if d_x != NULL:
         gemm_parallel(False, False, <int>TB, <int>I, <int>GH, <floating>1, dgx, <int>ldgx,
                       w_ih, <int>I, <floating>(1 if accumulate_dx else 0), d_x, <int>I)
-    if dgx != dgh_all or _merged_weight_grads(d, x, y, h0, dgx, ldgx, grad_w_ih,
-                                              grad_w_hh) != ENGINE_OK:
+    if dgx == dgh_all and _merged_weight_grads(d, x, y, h0, dgx, ldgx, grad_w_ih, grad_w_hh,
+                                               grad_b_ih, grad_b_hh) == ENGINE_OK:
+        pass    # bias gradients included
+    else:
         _separate_weight_grads(d, x, y, h0, dgx, ldgx, dgh_all, ldgh, grad_w_ih, grad_w_hh)
-    if grad_b_ih != NULL:
-        _colsum_add(TB, GH, dgx, ldgx, grad_b_ih)
-    if grad_b_hh != NULL:
-        _colsum_add(TB, GH, dgh_all, ldgh, grad_b_hh)
+        if grad_b_ih != NULL:
+            _colsum_add(TB, GH, dgx, ldgx, grad_b_ih)
+        if grad_b_hh != NULL:
+            _colsum_add(TB, GH, dgh_all, ldgh, grad_b_hh)
     engine_ftz_exit(fp_mode)
     return ENGINE_OK
 
