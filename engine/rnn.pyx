@@ -370,35 +370,65 @@ cdef extern from *:
         }
     }
 
-    /* C[M, N] (+)= A[M, K] @ W with W packed by rnn_pack_panels. */
+    /* C[M, N] (+)= A[M, k0:k1] @ W[k0:k1, :] with W packed by rnn_pack_panels
+       for Ktot rows (panel p spans Ktot * width floats; rows k0..k1 of it are
+       used). A's columns are indexed from k0 (a points at column 0). */
     #pragma GCC push_options
     #pragma GCC optimize ("fp-contract=fast")
-    static void rnn_sgemm_panels(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
-            const float* restrict a, Py_ssize_t lda, const float* restrict wp,
-            float* restrict c, Py_ssize_t ldc, int accumulate) {
-        Py_ssize_t n0 = 0, m, ldw;
+    static void rnn_sgemm_panels_k(Py_ssize_t M, Py_ssize_t N, Py_ssize_t Ktot,
+            Py_ssize_t k0, Py_ssize_t k1, const float* restrict a0, Py_ssize_t lda,
+            const float* restrict wp, float* restrict c, Py_ssize_t ldc, int accumulate) {
+        Py_ssize_t n0 = 0, m, ldw, K = k1 - k0;
         const float* w;
+        const float* a = a0 + k0;
         for (; n0 + RNN_NV * RNN_VL <= N; n0 += RNN_NV * RNN_VL) {
             ldw = RNN_NV * RNN_VL;
-            w = wp - n0;          /* the tile macro indexes w + n0 */
+            w = wp + k0 * ldw - n0;          /* the tile macro indexes w + n0 */
             RNN_ROW_TILES(RNN_NV)
-            wp += K * ldw;
+            wp += Ktot * ldw;
         }
         for (; n0 + RNN_VL <= N; n0 += RNN_VL) {
             ldw = RNN_VL;
-            w = wp - n0;
+            w = wp + k0 * ldw - n0;
             RNN_ROW_TILES(1)
-            wp += K * ldw;
+            wp += Ktot * ldw;
         }
         if (n0 < N) {
             Py_ssize_t wdt = N - n0;
             for (m = 0; m < M; m++) {
                 for (Py_ssize_t n = 0; n < wdt; n++) {
                     float s = accumulate ? c[m * ldc + n0 + n] : 0.0f;
-                    for (Py_ssize_t k = 0; k < K; k++) s += a[m * lda + k] * wp[k * wdt + n];
+                    for (Py_ssize_t k = 0; k < K; k++)
+                        s += a[m * lda + k] * wp[(k0 + k) * wdt + n];
                     c[m * ldc + n0 + n] = s;
                 }
             }
+        }
+    }
+
+    /* C[M, N] (+)= A[M, K] @ W with W packed by rnn_pack_panels. */
+    static void rnn_sgemm_panels(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
+            const float* restrict a, Py_ssize_t lda, const float* restrict wp,
+            float* restrict c, Py_ssize_t ldc, int accumulate) {
+        rnn_sgemm_panels_k(M, N, K, 0, K, a, lda, wp, c, ldc, accumulate);
+    }
+
+    /* Rows [k0, k0 + rows) of a panel set for Ktot rows and N columns, from
+       a row-major src (row stride lds): the layout rnn_pack_panels makes. */
+    static void rnn_rows_to_panels(Py_ssize_t rows, Py_ssize_t N, const float* restrict src,
+                                   Py_ssize_t lds, Py_ssize_t Ktot, Py_ssize_t k0,
+                                   float* restrict dst) {
+        Py_ssize_t n0 = 0, r, wdt;
+        while (n0 < N) {
+            wdt = n0 + RNN_NV * RNN_VL <= N ? RNN_NV * RNN_VL
+                  : (n0 + RNN_VL <= N ? RNN_VL : N - n0);
+            for (r = 0; r < rows; r++) {
+                float* restrict o = dst + (k0 + r) * wdt;
+                const float* restrict i = src + r * lds + n0;
+                for (Py_ssize_t j = 0; j < wdt; j++) o[j] = i[j];
+            }
+            dst += Ktot * wdt;
+            n0 += wdt;
         }
     }
     #pragma GCC pop_options
@@ -445,6 +475,11 @@ cdef extern from *:
     void rnn_sgemm_panels(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* a,
                           Py_ssize_t lda, const float* wp, float* c, Py_ssize_t ldc,
                           int accumulate) noexcept nogil
+    void rnn_sgemm_panels_k(Py_ssize_t M, Py_ssize_t N, Py_ssize_t Ktot, Py_ssize_t k0,
+                            Py_ssize_t k1, const float* a, Py_ssize_t lda, const float* wp,
+                            float* c, Py_ssize_t ldc, int accumulate) noexcept nogil
+    void rnn_rows_to_panels(Py_ssize_t rows, Py_ssize_t N, const float* src, Py_ssize_t lds,
+                            Py_ssize_t Ktot, Py_ssize_t k0, float* dst) noexcept nogil
     const int RNN_HAVE_GEMV
     void rnn_sgemv_rows(Py_ssize_t N, Py_ssize_t K, const float* w, Py_ssize_t ldw,
                         const float* x, float* y, int accumulate) noexcept nogil
@@ -856,6 +891,98 @@ cdef int _merged_weight_grads(const rnn_dims* d, const floating* x, const floati
     return ENGINE_OK
 
 
+# Weight gradients on the float32 panel kernel: K-blocks of this many T*B rows
+# (a 16-wide panel block of dG, 128 KB, stays in L2 across the row tiles;
+# measured for T*B = 1600: unblocked 92, blocks of 256 rows 86, of 128 83 GFLOPS).
+cdef Py_ssize_t _WG_KBLOCK = 2048
+# ... used while [x | h | 1] has at most this many columns; wider layers keep
+# the BLAS GEMM.
+cdef Py_ssize_t _WG_MAX_W = 256
+
+
+cdef bint _use_panel_weight_grads(const rnn_dims* d) noexcept nogil:
+    return (d.mode != RNN_GRU and d.B >= _TILE_MIN_BATCH
+            and d.F + d.H + 1 <= _WG_MAX_W)
+
+
+cdef int _panel_weight_grads(const rnn_dims* d, const float* x, const float* y,
+                             const float* h0, const float* dgp, float* grad_w_ih,
+                             float* grad_w_hh, float* grad_b_ih,
+                             float* grad_b_hh) noexcept nogil:
+    """[grad W_ih | grad W_hh | grad b]^T += [x_t | h_{t-1} | 1]^T dG, float32.
+
+    dG comes packed in column panels (rnn_rows_to_panels, filled step by step
+    during the backward loop while each step's gradients are in L1), so no
+    T*B x G*H repacking pass; the [x | h | 1]^T rows are built once. One
+    register-tiled product (rnn_sgemm_panels_k) in K-blocks; its rows (the
+    input/hidden features) are cut into chunks fixed by the shape for the
+    threads, each element's K-sum in the same order for any thread count.
+    Returns ENGINE_ENOMEM (caller falls back to BLAS) if buffers fail.
+    """
+    cdef bint with_bias = grad_b_ih != NULL or grad_b_hh != NULL
+    cdef Py_ssize_t T = d.T, B = d.B, I = d.F, H = d.H, TB = d.T * d.B
+    cdef Py_ssize_t W = d.F + d.H + (1 if with_bias else 0)
+    cdef Py_ssize_t GH = rnn_num_gates(d.mode) * d.H
+    cdef Py_ssize_t s, t, b, j, k, ld_hp, nchunks, step, c, m0, m1, k0, j0, k1, jj, kk
+    cdef const float* hp
+    cdef float* xht = <float*>malloc(W * TB * sizeof(float))
+    cdef float* ct = <float*>malloc(W * GH * sizeof(float))
+    if xht == NULL or ct == NULL:
+        free(xht)
+        free(ct)
+        return ENGINE_ENOMEM
+    for s in range(T):
+        t = _time_index(d, s)
+        if s == 0:
+            hp, ld_hp = h0, H
+        else:
+            hp, ld_hp = y + _time_index(d, s - 1) * B * d.ldy, d.ldy
+        for j in range(I):
+            for b in range(B):
+                xht[j * TB + t * B + b] = x[(t * B + b) * I + j]
+        for j in range(H):
+            for b in range(B):
+                xht[(I + j) * TB + t * B + b] = hp[b * ld_hp + j]
+    if with_bias:
+        for k in range(TB):
+            xht[(I + H) * TB + k] = 1
+
+    nchunks = work_chunks(W // 48, 2.0 * W * GH * TB, 4.0e6, _MAX_CHUNKS)
+    step = ceil_div(ceil_div(W, nchunks), 6) * 6
+    for c in prange(nchunks, nogil=True, schedule='static',
+                    num_threads=engine_num_threads()):
+        m0 = c * step
+        m1 = min(W, m0 + step)
+        if m0 < m1:
+            k0 = 0
+            while k0 < TB:
+                rnn_sgemm_panels_k(m1 - m0, GH, TB, k0, min(TB, k0 + _WG_KBLOCK),
+                                   xht + m0 * TB, TB, dgp, ct + m0 * GH, GH, k0 > 0)
+                k0 = k0 + _WG_KBLOCK
+
+    # Add the transposed product, in 16 x 16 blocks.
+    for j0 in range(0, I + H, 16):
+        for k0 in range(0, GH, 16):
+            j1 = min(I + H, j0 + 16)
+            k1 = min(GH, k0 + 16)
+            for jj in range(j0, j1):
+                if jj < I:
+                    for kk in range(k0, k1):
+                        grad_w_ih[kk * I + jj] += ct[jj * GH + kk]
+                else:
+                    for kk in range(k0, k1):
+                        grad_w_hh[kk * H + jj - I] += ct[jj * GH + kk]
+    if with_bias:
+        for k in range(GH):
+            if grad_b_ih != NULL:
+                grad_b_ih[k] += ct[(I + H) * GH + k]
+            if grad_b_hh != NULL:
+                grad_b_hh[k] += ct[(I + H) * GH + k]
+    free(xht)
+    free(ct)
+    return ENGINE_OK
+
+
 cdef void _separate_weight_grads(const rnn_dims* d, const floating* x, const floating* y,
                                  const floating* h0, const floating* dgx, Py_ssize_t ldgx,
                                  const floating* dgh, Py_ssize_t ldgh, floating* grad_w_ih,
@@ -908,6 +1035,7 @@ cdef int rnn_backward(const rnn_dims* d, const floating* x,
     cdef Py_ssize_t ld_hp
     cdef unsigned int fp_mode
     cdef floating* w_hh_p = NULL
+    cdef floating* dgp = NULL    # float32: dG in column panels for the weight grads
     if _check_dims(d) != ENGINE_OK:
         return ENGINE_EBADARG
     if (x == NULL or w_ih == NULL or w_hh == NULL or y == NULL or h0 == NULL
@@ -954,6 +1082,8 @@ cdef int rnn_backward(const rnn_dims* d, const floating* x,
         w_hh_p = <floating*>malloc(GH * H * sizeof(floating))
         if w_hh_p != NULL:
             rnn_pack_panels(GH, H, w_hh, H, 1, w_hh_p)
+    if floating is float and _use_panel_weight_grads(d):
+        dgp = <floating*>malloc(TB * GH * sizeof(floating))
 
     fp_mode = engine_ftz_enter()
     nchunks = _step_chunks(d)
@@ -977,6 +1107,9 @@ cdef int rnn_backward(const rnn_dims* d, const floating* x,
                            dgh + t * B * 3 * H if dgh != NULL else NULL,
                            cells + t * BH if cells != NULL else NULL, c_prev,
                            h_prev, ld_hp, y + t * B * ldy, d_y + t * B * ldy)
+            if floating is float:
+                if dgp != NULL:
+                    rnn_rows_to_panels(B, GH, dgx + t * B * ldgx, ldgx, TB, t * B, dgp)
         else:
             for c in prange(nchunks, nogil=True, schedule='static',
                             num_threads=engine_num_threads()):
@@ -988,6 +1121,10 @@ cdef int rnn_backward(const rnn_dims* d, const floating* x,
                                    dgh + t * B * 3 * H if dgh != NULL else NULL,
                                    cells + t * BH if cells != NULL else NULL, c_prev,
                                    h_prev, ld_hp, y + t * B * ldy, d_y + t * B * ldy)
+                    if floating is float:
+                        if dgp != NULL:
+                            rnn_rows_to_panels(b1 - b0, GH, dgx + (t * B + b0) * ldgx,
+                                               ldgx, TB, t * B + b0, dgp)
 
     # Gradients of the initial states: the recurrence once more, from step 0.
     t0 = _time_index(d, 0)
@@ -1004,8 +1141,11 @@ cdef int rnn_backward(const rnn_dims* d, const floating* x,
     if d_x != NULL:
         gemm_parallel(False, False, <int>TB, <int>I, <int>GH, <floating>1, dgx, <int>ldgx,
                       w_ih, <int>I, <floating>(1 if accumulate_dx else 0), d_x, <int>I)
-    if dgx == dgh_all and _merged_weight_grads(d, x, y, h0, dgx, ldgx, grad_w_ih, grad_w_hh,
-                                               grad_b_ih, grad_b_hh) == ENGINE_OK:
+    if floating is float and dgp != NULL and _panel_weight_grads(
+            d, x, y, h0, dgp, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh) == ENGINE_OK:
+        pass    # bias gradients included
+    elif dgx == dgh_all and _merged_weight_grads(d, x, y, h0, dgx, ldgx, grad_w_ih, grad_w_hh,
+                                                 grad_b_ih, grad_b_hh) == ENGINE_OK:
         pass    # bias gradients included
     else:
         _separate_weight_grads(d, x, y, h0, dgx, ldgx, dgh_all, ldgh, grad_w_ih, grad_w_hh)
@@ -1015,6 +1155,7 @@ cdef int rnn_backward(const rnn_dims* d, const floating* x,
             _colsum_add(TB, GH, dgh_all, ldgh, grad_b_hh)
     engine_ftz_exit(fp_mode)
     free(w_hh_p)
+    free(dgp)
     return ENGINE_OK
 
 
