@@ -491,12 +491,17 @@ cdef extern from *:
 
 # Per step, batch rows are cut into chunks (fixed by the shapes) that threads
 # take: each chunk runs its slice of the hidden GEMM and the fused gate pass.
-# A step is short (B=32, H=128: ~40 us), and an OpenMP region per step costs
-# far more than it saves when the cores are shared (a thread that is not
-# scheduled stalls every barrier), so steps only split when each chunk has
-# at least this much work.
+# A step is short (B=32, H=128: ~45 us forward), and an OpenMP region per step
+# costs more than it saves when the cores are shared (a thread that is not
+# scheduled stalls every barrier), so steps only split when each chunk has at
+# least this much work. 2 MFLOP splits B=32, H=128 in two: measured at 2
+# threads on the 2-core machine while other jobs loaded it (load ~4), the
+# LSTM T50 b32 step's best run went 27 -> 18 ms and its median 56 -> 83 ms
+# (torch 2 threads: 116-132 ms median in the same runs); at 1 thread the two
+# chunks run in turn at no measurable cost. Rows are independent within a
+# step, so results are the same bits whatever the chunking.
 cdef Py_ssize_t _STEP_MIN_ROWS = 16
-cdef double _STEP_MIN_FLOPS = 4.0e6
+cdef double _STEP_MIN_FLOPS = 2.0e6
 # Below this batch the float32 forward steps use BLAS GEMV on W_hh as stored
 # instead of transposing it for the tiled kernel (the transpose costs more
 # than a whole batch-1 sequence of GEMVs saves).
