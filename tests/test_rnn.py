@@ -31,7 +31,11 @@ def _layer_data(rng, mode, T, B, I, H, dtype, bias=True, states=True):
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("shape", [(5, 3, 4, 7), (1, 1, 3, 5), (4, 1, 2, 9), (1, 6, 5, 3)])
+# The larger shapes reach every path of the float32 per-step kernels: batch >= 4
+# (packed-panel tiles of 6/4/2/1 rows, 16- and 8-wide panels and a column tail)
+# and batch < 4 (the GEMV steps) with hidden sizes that are not multiples of 8.
+@pytest.mark.parametrize("shape", [(5, 3, 4, 7), (1, 1, 3, 5), (4, 1, 2, 9), (1, 6, 5, 3),
+                                   (3, 13, 5, 37), (2, 4, 3, 24), (3, 2, 6, 33)])
 def test_layer_kernel_matches_reference(mode, dtype, reverse, shape, rng):
     T, B, I, H = shape
     d = _layer_data(rng, mode, T, B, I, H, dtype, states=T != 1)
