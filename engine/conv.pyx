@@ -119,10 +119,17 @@ cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p, ConvPass which) noexcept
     # a short inner dimension run far below sgemm speed, direct loops do not.
     if Cg * p.kh * p.kw <= 32 or Kg < 8:
         return CONV_ALGO_DIRECT
-    if which == CONV_PASS_FORWARD and (Kg % 8 == 0 or Kg % 6 == 0) and p.OW >= 10:
+    # With 16 vector registers (AVX2) the direct tiles hold 8 accumulators
+    # and lose to im2col once the GEMM's inner dimension is long: 1 thread
+    # on Zen 3, 3x3 64->64 b32 32x32 fwd 55 / 48, dx 65 / 48 (im2col /
+    # direct GFLOPS), while 16 and 32 channels still favour direct (fwd 25 /
+    # 50 and 36 / 53) and LeNet c2 (6->16 5x5) fwd 20 / 30, dx 8 / 18.
+    if which == CONV_PASS_FORWARD and (Kg % 8 == 0 or Kg % 6 == 0) and p.OW >= 10 \
+            and (ENGINE_VREGS >= 32 or Cg * p.kh * p.kw < 512):
         return CONV_ALGO_DIRECT
     if (which == CONV_PASS_BACKWARD_INPUT and (Cg % 8 == 0 or Cg % 6 == 0)
-            and p.W >= 10 and _direct_dx_is_forward(p)):
+            and p.W >= 10 and _direct_dx_is_forward(p)
+            and (ENGINE_VREGS >= 32 or Kg * p.kh * p.kw < 512)):
         return CONV_ALGO_DIRECT
     return CONV_ALGO_IM2COL
 
@@ -657,8 +664,24 @@ cdef int conv2d_im2col_backward_weight(Conv2dParams p, const floating* x,
 cdef extern from *:
     """
     #include <stddef.h>
+    /* One vector register of output pixels: 64 bytes with AVX-512 (32
+       registers), 32 bytes with AVX/AVX2 and 16 bytes otherwise (16
+       registers). A 64-byte vector type on an AVX2 target is split into
+       register pairs by GCC and the 16-accumulator tiles then spill on every
+       FMA (LeNet's 5x5 layers ran ~10x slower than im2col on Zen 3). */
+    #if defined(__AVX512F__)
     #define ENGINE_VL_F32 16
     #define ENGINE_VL_F64 8
+    #define ENGINE_VREGS 32
+    #elif defined(__AVX__)
+    #define ENGINE_VL_F32 8
+    #define ENGINE_VL_F64 4
+    #define ENGINE_VREGS 16
+    #else
+    #define ENGINE_VL_F32 4
+    #define ENGINE_VL_F64 2
+    #define ENGINE_VREGS 16
+    #endif
     #if defined(__GNUC__)
     #define ENGINE_FMA_ATTR __attribute__((optimize("fp-contract=fast")))
     #define ENGINE_VEC(T, VL) typedef T vec_t __attribute__((vector_size(VL * sizeof(T))));
@@ -748,12 +771,27 @@ cdef extern from *:
     ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r2k4, double, ENGINE_VL_F64, 2, 4)
     ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r4k2, double, ENGINE_VL_F64, 4, 2)
     ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r8k1, double, ENGINE_VL_F64, 8, 1)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r2k6, float, ENGINE_VL_F32, 2, 6)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r2k6, double, ENGINE_VL_F64, 2, 6)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r3k4, float, ENGINE_VL_F32, 3, 4)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r3k4, double, ENGINE_VL_F64, 3, 4)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r6k2, float, ENGINE_VL_F32, 6, 2)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r6k2, double, ENGINE_VL_F64, 6, 2)
     ENGINE_CONV_DW_TILE(engine_conv_dw_f32_k4t2, float, ENGINE_VL_F32, 4, 2)
     ENGINE_CONV_DW_TILE(engine_conv_dw_f32_k1t8, float, ENGINE_VL_F32, 1, 8)
     ENGINE_CONV_DW_TILE(engine_conv_dw_f64_k4t2, double, ENGINE_VL_F64, 4, 2)
     ENGINE_CONV_DW_TILE(engine_conv_dw_f64_k1t8, double, ENGINE_VL_F64, 1, 8)
     """
+    enum: ENGINE_VL_F32
+    enum: ENGINE_VL_F64
+    enum: ENGINE_VREGS
     void engine_conv_fwd_f32_r2k8(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
+    void engine_conv_fwd_f32_r2k6(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
+    void engine_conv_fwd_f64_r2k6(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
+    void engine_conv_fwd_f32_r3k4(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
+    void engine_conv_fwd_f64_r3k4(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
+    void engine_conv_fwd_f32_r6k2(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
+    void engine_conv_fwd_f64_r6k2(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
     void engine_conv_fwd_f64_r2k8(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
     void engine_conv_fwd_f32_r4k6(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
     void engine_conv_fwd_f64_r4k6(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
@@ -775,11 +813,11 @@ cdef enum:
 
 
 cdef inline Py_ssize_t _vl(floating* dummy) noexcept nogil:
-    """Output pixels per vector: 16 floats or 8 doubles (64 bytes)."""
+    """Output pixels per vector register (16 floats / 8 doubles with AVX-512)."""
     if floating is float:
-        return 16
+        return ENGINE_VL_F32
     else:
-        return 8
+        return ENGINE_VL_F64
 
 
 cdef struct DirectGeom:
@@ -799,7 +837,20 @@ cdef void _direct_geom(const Conv2dParams* p, Py_ssize_t vl, DirectGeom* g) noex
     # Tiles of 16 accumulators where the channels allow (VGG 3x3 64->64
     # forward, 1 thread: 2x8 tile ~95 GFLOPS, 2x4 ~70, 4x4 ~68, while sgemm
     # on the same machine ran 75-80 on the im2col GEMM shape).
-    if Kg % 8 == 0:
+    if ENGINE_VREGS < 32:
+        # 16 vector registers (AVX2): RB*KB accumulators + KB broadcast
+        # weights + the pixel vector must fit, or GCC spills every FMA. 1
+        # thread on Zen 3, GFLOPS of r2k8 / r3k4 / r2k4 / r6k2 / r4k2:
+        #   LeNet c2 b64 6->16 5x5 14x14: 29 / 20 / 33 / 28 / 27
+        #   3x3 32->64 b8 16x16:          47 / 35 / 55 / 46 / 51
+        #   LeNet c1 b64 1->6 5x5 28x28 (r2k6 / r6k2 / r4k2 / r8k1): 25 / 31 / 31 / 26
+        if Kg % 4 == 0:
+            g.RB, g.KB = 2, 4
+        elif Kg % 2 == 0:
+            g.RB, g.KB = 6, 2
+        else:
+            g.RB, g.KB = 8, 1
+    elif Kg % 8 == 0:
         g.RB, g.KB = 2, 8
     elif Kg % 6 == 0:
         g.RB, g.KB = 4, 6
@@ -868,10 +919,16 @@ cdef void _fwd_tile(const DirectGeom* g, const floating* x, Py_ssize_t row_step,
     if floating is float:
         if g.KB == 8:
             engine_conv_fwd_f32_r2k8(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 6 and g.RB == 2:
+            engine_conv_fwd_f32_r2k6(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         elif g.KB == 6:
             engine_conv_fwd_f32_r4k6(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 4 and g.RB == 3:
+            engine_conv_fwd_f32_r3k4(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         elif g.KB == 4:
             engine_conv_fwd_f32_r2k4(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 2 and g.RB == 6:
+            engine_conv_fwd_f32_r6k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         elif g.KB == 2:
             engine_conv_fwd_f32_r4k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         else:
@@ -879,10 +936,16 @@ cdef void _fwd_tile(const DirectGeom* g, const floating* x, Py_ssize_t row_step,
     else:
         if g.KB == 8:
             engine_conv_fwd_f64_r2k8(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 6 and g.RB == 2:
+            engine_conv_fwd_f64_r2k6(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         elif g.KB == 6:
             engine_conv_fwd_f64_r4k6(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 4 and g.RB == 3:
+            engine_conv_fwd_f64_r3k4(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         elif g.KB == 4:
             engine_conv_fwd_f64_r2k4(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 2 and g.RB == 6:
+            engine_conv_fwd_f64_r6k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         elif g.KB == 2:
             engine_conv_fwd_f64_r4k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         else:
@@ -1377,6 +1440,13 @@ def choose_algo(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1,
     if which not in _PASSES:
         raise ValueError(f"which must be one of {tuple(_PASSES)}, got {which!r}")
     return _ALGO_NAMES[conv2d_choose_algo(&p, _PASSES[which])]
+
+
+def simd_info():
+    """The direct kernels' vector build: {'vector_bytes', 'registers'}
+    (64 / 32 with AVX-512, 32 / 16 with AVX2, 16 / 16 otherwise). choose_algo's
+    picks for large 3x3 layers depend on it."""
+    return {"vector_bytes": ENGINE_VL_F32 * 4, "registers": ENGINE_VREGS}
 
 
 def _check_inputs(x, weight):
