@@ -491,9 +491,24 @@ cdef inline Py_ssize_t _workspace_size(const Conv2dParams* p, Py_ssize_t B) noex
     return _col_size(p, B) + ((p.K // p.groups) * B * P if B > 1 else 0)
 
 
+cdef inline void _relu_inplace(floating* y, Py_ssize_t n) noexcept nogil:
+    """y = max(y, 0) with engine.activation.relu's rule (NaN passes)."""
+    cdef Py_ssize_t i
+    cdef floating v
+    for i in range(n):
+        v = y[i]
+        y[i] = 0 if v <= 0 else v
+
+
 cdef int conv2d_im2col_forward(Conv2dParams p, const floating* x,
                                const floating* w, const floating* b,
                                floating* y) noexcept nogil:
+    return _im2col_forward(p, x, w, b, y, False)
+
+
+cdef int _im2col_forward(Conv2dParams p, const floating* x,
+                         const floating* w, const floating* b,
+                         floating* y, bint relu) noexcept nogil:
     cdef int err = conv2d_check_params(&p)
     if err:
         return err
@@ -514,6 +529,8 @@ cdef int conv2d_im2col_forward(Conv2dParams p, const floating* x,
         # One GEMM per group: split its columns across threads instead.
         old = engine_ftz_enter()
         _im2col_forward_item(&p, x, w, b, y, 0, p.N, ws, ws + _col_size(&p, B), True)
+        if relu:
+            _relu_inplace(y, p.N * p.K * p.OH * p.OW)
         engine_ftz_exit(old)
     else:
         with parallel(num_threads=nthreads):
@@ -524,6 +541,8 @@ cdef int conv2d_im2col_forward(Conv2dParams p, const floating* x,
                 nb = min(B, p.N - n0)
                 _im2col_forward_item(&p, x, w, b, y, n0, nb, mine,
                                      mine + _col_size(&p, B), False)
+                if relu:    # the item's images, while they are in cache
+                    _relu_inplace(y + n0 * p.K * p.OH * p.OW, nb * p.K * p.OH * p.OW)
             engine_ftz_exit(old)
     free(ws)
     return ENGINE_OK
@@ -988,7 +1007,7 @@ cdef void _direct_forward_item(const Conv2dParams* p, const DirectGeom* g,
 
 
 cdef int _direct_conv(const Conv2dParams* p, const floating* x, const floating* w,
-                      const floating* b, floating* y) noexcept nogil:
+                      const floating* b, floating* y, bint relu=False) noexcept nogil:
     """y = direct conv(x, w) + b for already checked parameters."""
     cdef DirectGeom g
     cdef Py_ssize_t vl = _vl(y), it
@@ -1016,6 +1035,9 @@ cdef int _direct_conv(const Conv2dParams* p, const floating* x, const floating* 
         for it in prange(items, schedule='static'):
             _direct_forward_item(p, &g, x, wpk, b, y, it // p.groups, it % p.groups,
                                  ws + threadid() * per)
+            if relu:
+                _relu_inplace(y + it * (p.K // p.groups) * p.OH * p.OW,
+                              (p.K // p.groups) * p.OH * p.OW)
         engine_ftz_exit(old)
     free(wpk)
     free(ws)
@@ -1293,12 +1315,22 @@ cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
 cdef int conv2d_forward(Conv2dParams p, ConvAlgo algo, const floating* x,
                         const floating* w, const floating* b,
                         floating* y) noexcept nogil:
+    return conv2d_forward_relu(p, algo, x, w, b, y, False)
+
+
+cdef int conv2d_forward_relu(Conv2dParams p, ConvAlgo algo, const floating* x,
+                             const floating* w, const floating* b,
+                             floating* y, bint relu) noexcept nogil:
+    cdef int err
     if algo == CONV_ALGO_AUTO:
         algo = conv2d_choose_algo(&p, CONV_PASS_FORWARD)
     if algo == CONV_ALGO_DIRECT:
-        return conv2d_direct_forward(p, x, w, b, y)
+        err = conv2d_check_params(&p)
+        if err:
+            return err
+        return _direct_conv(&p, x, w, b, y, relu)
     if algo == CONV_ALGO_IM2COL:
-        return conv2d_im2col_forward(p, x, w, b, y)
+        return _im2col_forward(p, x, w, b, y, relu)
     return ENGINE_EBADARG
 
 
@@ -1485,12 +1517,64 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1,
 
 cdef int _forward(Conv2dParams p, ConvAlgo a, floating[:, :, :, ::1] x,
                   floating[:, :, :, ::1] w, floating[::1] b,
-                  floating[:, :, :, ::1] y):
+                  floating[:, :, :, ::1] y, bint relu=False):
     cdef const floating* pb = &b[0] if b is not None else NULL
     cdef int err
     with nogil:
-        err = conv2d_forward(p, a, &x[0, 0, 0, 0], &w[0, 0, 0, 0], pb, &y[0, 0, 0, 0])
+        err = conv2d_forward_relu(p, a, &x[0, 0, 0, 0], &w[0, 0, 0, 0], pb,
+                                  &y[0, 0, 0, 0], relu)
     return err
+
+
+cdef class Conv2dPlan:
+    """A convolution geometry validated once for one input shape and dtype.
+
+    ``Conv2dPlan(x_shape, w_shape, dtype, stride, padding, dilation, groups,
+    algo)`` runs conv2d's checks (same errors); ``plan.forward(x, weight,
+    bias=None, relu=False)`` then only checks that the arrays match the plan
+    (shapes; dtype and C-contiguity through the typed buffers) and returns
+    conv2d(...) -- followed by max(., 0) when ``relu`` -- with the bits of
+    conv2d. pyengine's Conv2d keeps one per input shape: the per-call Python
+    work of a batch-1 layer was most of its time.
+    """
+    cdef Conv2dParams p
+    cdef ConvAlgo algo
+    cdef bint f32
+    cdef readonly tuple x_shape, w_shape, y_shape
+    cdef readonly object dtype
+
+    def __init__(self, x_shape, w_shape, dtype, stride=1, padding=0, dilation=1,
+                 groups=1, algo="auto"):
+        dt = np.dtype(dtype)
+        if dt not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {dt}")
+        self.x_shape = tuple(int(v) for v in x_shape)
+        self.w_shape = tuple(int(v) for v in w_shape)
+        if len(self.x_shape) != 4 or len(self.w_shape) != 4:
+            raise ValueError(f"x_shape and w_shape must have 4 entries, got "
+                             f"{self.x_shape} and {self.w_shape}")
+        self.algo = _algo(algo, self.w_shape)
+        self.p = _make_params(self.x_shape, self.w_shape, stride, padding, dilation, groups)
+        self.y_shape = (self.p.N, self.p.K, self.p.OH, self.p.OW)
+        check_size(self.y_shape, dt, "output")
+        self.dtype = dt
+        self.f32 = dt == np.float32
+
+    def forward(self, x, weight, bias=None, bint relu=False):
+        if x.shape != self.x_shape:
+            raise ValueError(f"x must have shape {self.x_shape} (the plan's), got {x.shape}")
+        if weight.shape != self.w_shape:
+            raise ValueError(f"weight must have shape {self.w_shape}, got {weight.shape}")
+        if bias is not None and bias.shape != (self.p.K,):
+            raise ValueError(f"bias must have shape ({self.p.K},), got {bias.shape}")
+        y = np.empty(self.y_shape, self.dtype)
+        cdef int err
+        if self.f32:
+            err = _forward[float](self.p, self.algo, x, weight, bias, y, relu)
+        else:
+            err = _forward[double](self.p, self.algo, x, weight, bias, y, relu)
+        _raise(err, "conv2d")
+        return y
 
 
 def conv2d_grad(x, weight, grad_out, stride=1, padding=0, dilation=1,
