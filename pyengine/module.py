@@ -98,6 +98,17 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "training", True)
 
+    # Per-shape caches of validated kernel arguments (Conv2d, MaxPool2d,
+    # Sequential): rebuilt on the next forward, so copies and pickles leave
+    # them out.
+    _CACHE_ATTRS = ("_plan", "_plan_args", "_steps_cache")
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for name in Module._CACHE_ATTRS:
+            state.pop(name, None)
+        return state
+
     # -- registration ---------------------------------------------------
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:

@@ -154,3 +154,16 @@ def test_layer_plans_follow_changes(rng):
         lin(v.astype(np.float64))
     with pytest.raises(ValueError, match="8"):
         lin(v[:, :5])
+
+
+def test_models_with_cached_plans_copy_and_pickle(rng):
+    import copy
+    import pickle
+
+    from pyengine.models import lenet5, resnet_small
+    for build, shape in ((lenet5, (2, 1, 28, 28)), (resnet_small, (2, 3, 32, 32))):
+        model = build()
+        x = rng.standard_normal(shape).astype(np.float32)
+        y = model(x)                        # plans cached on the layers
+        for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+            assert np.array_equal(clone(x), y)
