@@ -795,6 +795,8 @@ cdef extern from *:
     ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r3k4, float, ENGINE_VL_F32, 3, 4)
     ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r3k4, double, ENGINE_VL_F64, 3, 4)
     ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r6k2, float, ENGINE_VL_F32, 6, 2)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r5k2, float, ENGINE_VL_F32, 5, 2)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r5k2, double, ENGINE_VL_F64, 5, 2)
     ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r6k2, double, ENGINE_VL_F64, 6, 2)
     ENGINE_CONV_DW_TILE(engine_conv_dw_f32_k4t2, float, ENGINE_VL_F32, 4, 2)
     ENGINE_CONV_DW_TILE(engine_conv_dw_f32_k1t8, float, ENGINE_VL_F32, 1, 8)
@@ -810,6 +812,8 @@ cdef extern from *:
     void engine_conv_fwd_f32_r3k4(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
     void engine_conv_fwd_f64_r3k4(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
     void engine_conv_fwd_f32_r6k2(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
+    void engine_conv_fwd_f32_r5k2(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
+    void engine_conv_fwd_f64_r5k2(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
     void engine_conv_fwd_f64_r6k2(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
     void engine_conv_fwd_f64_r2k8(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
     void engine_conv_fwd_f32_r4k6(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
@@ -863,10 +867,17 @@ cdef void _direct_geom(const Conv2dParams* p, Py_ssize_t vl, DirectGeom* g) noex
         #   LeNet c2 b64 6->16 5x5 14x14: 29 / 20 / 33 / 28 / 27
         #   3x3 32->64 b8 16x16:          47 / 35 / 55 / 46 / 51
         #   LeNet c1 b64 1->6 5x5 28x28 (r2k6 / r6k2 / r4k2 / r8k1): 25 / 31 / 31 / 26
+        # With KB = 2 the row count of the tile (4-6, 8-12 accumulators) is
+        # the one that wastes the fewest rows of this output (LeNet c1: 28
+        # rows in 7 tiles of 4, not 5 of 6; c2's grad-input: 14 in 3 of 5).
         if Kg % 4 == 0:
             g.RB, g.KB = 2, 4
         elif Kg % 2 == 0:
             g.RB, g.KB = 6, 2
+            if ceil_div(p.OH, 5) * 5 < ceil_div(p.OH, g.RB) * g.RB:
+                g.RB = 5
+            if ceil_div(p.OH, 4) * 4 < ceil_div(p.OH, g.RB) * g.RB:
+                g.RB = 4
         else:
             g.RB, g.KB = 8, 1
     elif Kg % 8 == 0:
@@ -948,6 +959,8 @@ cdef void _fwd_tile(const DirectGeom* g, const floating* x, Py_ssize_t row_step,
             engine_conv_fwd_f32_r2k4(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         elif g.KB == 2 and g.RB == 6:
             engine_conv_fwd_f32_r6k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 2 and g.RB == 5:
+            engine_conv_fwd_f32_r5k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         elif g.KB == 2:
             engine_conv_fwd_f32_r4k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         else:
@@ -965,6 +978,8 @@ cdef void _fwd_tile(const DirectGeom* g, const floating* x, Py_ssize_t row_step,
             engine_conv_fwd_f64_r2k4(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         elif g.KB == 2 and g.RB == 6:
             engine_conv_fwd_f64_r6k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 2 and g.RB == 5:
+            engine_conv_fwd_f64_r5k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         elif g.KB == 2:
             engine_conv_fwd_f64_r4k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         else:
