@@ -3,7 +3,7 @@
 import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange
-from scipy.linalg.cython_blas cimport sgemm, dgemm
+from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
 from engine._common cimport work_chunks, ceil_div
 from engine._threads cimport engine_num_threads
@@ -33,6 +33,12 @@ cdef void gemm(bint trans_a, bint trans_b, int M, int N, int K,
             for n in range(N):
                 C[i * ldc + n] = 0 if beta == 0 else beta * C[i * ldc + n]
         return
+    if M == 1 or N == 1:
+        # A matrix-vector product: GEMV streams the matrix once, while sgemm
+        # packs it first (1x400 @ 400x120 took ~50 us through sgemm, ~3 us
+        # as sgemv; batch-1 inference is made of these).
+        _gemv(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+        return
     # Column-major: C^T (N x M) = op(B)^T (N x K) @ op(A)^T (K x M).
     if floating is float:
         sgemm(&tb, &ta, &N, &M, &K, &alpha, <float*>B, &ldb,
@@ -40,6 +46,47 @@ cdef void gemm(bint trans_a, bint trans_b, int M, int N, int K,
     else:
         dgemm(&tb, &ta, &N, &M, &K, &alpha, <double*>B, &ldb,
               <double*>A, &lda, &beta, C, &ldc)
+
+
+cdef void _gemv(bint trans_a, bint trans_b, int M, int N, int K,
+                floating alpha, const floating* A, int lda,
+                const floating* B, int ldb,
+                floating beta, floating* C, int ldc) noexcept nogil:
+    """gemm for M == 1 or N == 1 (M, N, K > 0) as one column-major GEMV."""
+    cdef char tr
+    cdef int m, n, ld, incx, incy, i
+    cdef const floating* mat
+    cdef const floating* vec
+    if M == 1:
+        # c (1 x N) = a (1 x K) op(B): c^T = op(B)^T a^T. Row-major B seen
+        # column-major is B^T, so op(B)^T is that matrix as it is ('N', N x K)
+        # without trans_b and transposed ('T' of a K x N matrix) with it.
+        mat, ld, vec, incy = B, ldb, A, 1
+        incx = lda if trans_a else 1
+        if trans_b:
+            tr, m, n = b'T', K, N
+        else:
+            tr, m, n = b'N', N, K
+    else:
+        # c (M x 1, row stride ldc) = op(A) b. Row-major A seen column-major
+        # is A^T: op(A) is it transposed ('T' of a K x M matrix) without
+        # trans_a and as it is ('N', M x K) with it.
+        mat, ld, vec, incy = A, lda, B, ldc
+        incx = 1 if trans_b else ldb
+        if trans_a:
+            tr, m, n = b'N', M, K
+        else:
+            tr, m, n = b'T', K, M
+    if beta == 0:
+        # BLAS may compute beta * y; y can hold garbage (NaN) from np.empty.
+        for i in range(M if N == 1 else N):
+            C[i * incy] = 0
+    if floating is float:
+        sgemv(&tr, &m, &n, &alpha, <float*>mat, &ld, <float*>vec, &incx,
+              &beta, C, &incy)
+    else:
+        dgemv(&tr, &m, &n, &alpha, <double*>mat, &ld, <double*>vec, &incx,
+              &beta, C, &incy)
 
 
 cdef void gemm_parallel(bint trans_a, bint trans_b, int M, int N, int K,

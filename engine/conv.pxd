@@ -97,6 +97,11 @@ cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
 cdef int conv2d_forward(Conv2dParams p, ConvAlgo algo, const floating* x,
                         const floating* w, const floating* b,
                         floating* y) noexcept nogil
+# The same followed by y = max(y, 0) when `relu` (a fused Conv2d + ReLU; the
+# bits equal a separate engine.activation.relu pass).
+cdef int conv2d_forward_relu(Conv2dParams p, ConvAlgo algo, const floating* x,
+                             const floating* w, const floating* b,
+                             floating* y, bint relu) noexcept nogil
 # dx may be NULL (skip the input gradient: first layer), db may be NULL.
 cdef int conv2d_backward(Conv2dParams p, ConvAlgo algo, const floating* x,
                          const floating* w, const floating* dy,

@@ -119,10 +119,17 @@ cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p, ConvPass which) noexcept
     # a short inner dimension run far below sgemm speed, direct loops do not.
     if Cg * p.kh * p.kw <= 32 or Kg < 8:
         return CONV_ALGO_DIRECT
-    if which == CONV_PASS_FORWARD and (Kg % 8 == 0 or Kg % 6 == 0) and p.OW >= 10:
+    # With 16 vector registers (AVX2) the direct tiles hold 8 accumulators
+    # and lose to im2col once the GEMM's inner dimension is long: 1 thread
+    # on Zen 3, 3x3 64->64 b32 32x32 fwd 55 / 48, dx 65 / 48 (im2col /
+    # direct GFLOPS), while 16 and 32 channels still favour direct (fwd 25 /
+    # 50 and 36 / 53) and LeNet c2 (6->16 5x5) fwd 20 / 30, dx 8 / 18.
+    if which == CONV_PASS_FORWARD and (Kg % 8 == 0 or Kg % 6 == 0) and p.OW >= 10 \
+            and (ENGINE_VREGS >= 32 or Cg * p.kh * p.kw < 512):
         return CONV_ALGO_DIRECT
     if (which == CONV_PASS_BACKWARD_INPUT and (Cg % 8 == 0 or Cg % 6 == 0)
-            and p.W >= 10 and _direct_dx_is_forward(p)):
+            and p.W >= 10 and _direct_dx_is_forward(p)
+            and (ENGINE_VREGS >= 32 or Kg * p.kh * p.kw < 512)):
         return CONV_ALGO_DIRECT
     return CONV_ALGO_IM2COL
 
@@ -484,9 +491,24 @@ cdef inline Py_ssize_t _workspace_size(const Conv2dParams* p, Py_ssize_t B) noex
     return _col_size(p, B) + ((p.K // p.groups) * B * P if B > 1 else 0)
 
 
+cdef inline void _relu_inplace(floating* y, Py_ssize_t n) noexcept nogil:
+    """y = max(y, 0) with engine.activation.relu's rule (NaN passes)."""
+    cdef Py_ssize_t i
+    cdef floating v
+    for i in range(n):
+        v = y[i]
+        y[i] = 0 if v <= 0 else v
+
+
 cdef int conv2d_im2col_forward(Conv2dParams p, const floating* x,
                                const floating* w, const floating* b,
                                floating* y) noexcept nogil:
+    return _im2col_forward(p, x, w, b, y, False)
+
+
+cdef int _im2col_forward(Conv2dParams p, const floating* x,
+                         const floating* w, const floating* b,
+                         floating* y, bint relu) noexcept nogil:
     cdef int err = conv2d_check_params(&p)
     if err:
         return err
@@ -507,6 +529,8 @@ cdef int conv2d_im2col_forward(Conv2dParams p, const floating* x,
         # One GEMM per group: split its columns across threads instead.
         old = engine_ftz_enter()
         _im2col_forward_item(&p, x, w, b, y, 0, p.N, ws, ws + _col_size(&p, B), True)
+        if relu:
+            _relu_inplace(y, p.N * p.K * p.OH * p.OW)
         engine_ftz_exit(old)
     else:
         with parallel(num_threads=nthreads):
@@ -517,6 +541,8 @@ cdef int conv2d_im2col_forward(Conv2dParams p, const floating* x,
                 nb = min(B, p.N - n0)
                 _im2col_forward_item(&p, x, w, b, y, n0, nb, mine,
                                      mine + _col_size(&p, B), False)
+                if relu:    # the item's images, while they are in cache
+                    _relu_inplace(y + n0 * p.K * p.OH * p.OW, nb * p.K * p.OH * p.OW)
             engine_ftz_exit(old)
     free(ws)
     return ENGINE_OK
@@ -657,8 +683,24 @@ cdef int conv2d_im2col_backward_weight(Conv2dParams p, const floating* x,
 cdef extern from *:
     """
     #include <stddef.h>
+    /* One vector register of output pixels: 64 bytes with AVX-512 (32
+       registers), 32 bytes with AVX/AVX2 and 16 bytes otherwise (16
+       registers). A 64-byte vector type on an AVX2 target is split into
+       register pairs by GCC and the 16-accumulator tiles then spill on every
+       FMA (LeNet's 5x5 layers ran ~10x slower than im2col on Zen 3). */
+    #if defined(__AVX512F__)
     #define ENGINE_VL_F32 16
     #define ENGINE_VL_F64 8
+    #define ENGINE_VREGS 32
+    #elif defined(__AVX__)
+    #define ENGINE_VL_F32 8
+    #define ENGINE_VL_F64 4
+    #define ENGINE_VREGS 16
+    #else
+    #define ENGINE_VL_F32 4
+    #define ENGINE_VL_F64 2
+    #define ENGINE_VREGS 16
+    #endif
     #if defined(__GNUC__)
     #define ENGINE_FMA_ATTR __attribute__((optimize("fp-contract=fast")))
     #define ENGINE_VEC(T, VL) typedef T vec_t __attribute__((vector_size(VL * sizeof(T))));
@@ -748,12 +790,31 @@ cdef extern from *:
     ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r2k4, double, ENGINE_VL_F64, 2, 4)
     ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r4k2, double, ENGINE_VL_F64, 4, 2)
     ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r8k1, double, ENGINE_VL_F64, 8, 1)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r2k6, float, ENGINE_VL_F32, 2, 6)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r2k6, double, ENGINE_VL_F64, 2, 6)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r3k4, float, ENGINE_VL_F32, 3, 4)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r3k4, double, ENGINE_VL_F64, 3, 4)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r6k2, float, ENGINE_VL_F32, 6, 2)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r5k2, float, ENGINE_VL_F32, 5, 2)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r5k2, double, ENGINE_VL_F64, 5, 2)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r6k2, double, ENGINE_VL_F64, 6, 2)
     ENGINE_CONV_DW_TILE(engine_conv_dw_f32_k4t2, float, ENGINE_VL_F32, 4, 2)
     ENGINE_CONV_DW_TILE(engine_conv_dw_f32_k1t8, float, ENGINE_VL_F32, 1, 8)
     ENGINE_CONV_DW_TILE(engine_conv_dw_f64_k4t2, double, ENGINE_VL_F64, 4, 2)
     ENGINE_CONV_DW_TILE(engine_conv_dw_f64_k1t8, double, ENGINE_VL_F64, 1, 8)
     """
+    enum: ENGINE_VL_F32
+    enum: ENGINE_VL_F64
+    enum: ENGINE_VREGS
     void engine_conv_fwd_f32_r2k8(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
+    void engine_conv_fwd_f32_r2k6(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
+    void engine_conv_fwd_f64_r2k6(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
+    void engine_conv_fwd_f32_r3k4(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
+    void engine_conv_fwd_f64_r3k4(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
+    void engine_conv_fwd_f32_r6k2(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
+    void engine_conv_fwd_f32_r5k2(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
+    void engine_conv_fwd_f64_r5k2(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
+    void engine_conv_fwd_f64_r6k2(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
     void engine_conv_fwd_f64_r2k8(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
     void engine_conv_fwd_f32_r4k6(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
     void engine_conv_fwd_f64_r4k6(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
@@ -775,11 +836,11 @@ cdef enum:
 
 
 cdef inline Py_ssize_t _vl(floating* dummy) noexcept nogil:
-    """Output pixels per vector: 16 floats or 8 doubles (64 bytes)."""
+    """Output pixels per vector register (16 floats / 8 doubles with AVX-512)."""
     if floating is float:
-        return 16
+        return ENGINE_VL_F32
     else:
-        return 8
+        return ENGINE_VL_F64
 
 
 cdef struct DirectGeom:
@@ -799,7 +860,27 @@ cdef void _direct_geom(const Conv2dParams* p, Py_ssize_t vl, DirectGeom* g) noex
     # Tiles of 16 accumulators where the channels allow (VGG 3x3 64->64
     # forward, 1 thread: 2x8 tile ~95 GFLOPS, 2x4 ~70, 4x4 ~68, while sgemm
     # on the same machine ran 75-80 on the im2col GEMM shape).
-    if Kg % 8 == 0:
+    if ENGINE_VREGS < 32:
+        # 16 vector registers (AVX2): RB*KB accumulators + KB broadcast
+        # weights + the pixel vector must fit, or GCC spills every FMA. 1
+        # thread on Zen 3, GFLOPS of r2k8 / r3k4 / r2k4 / r6k2 / r4k2:
+        #   LeNet c2 b64 6->16 5x5 14x14: 29 / 20 / 33 / 28 / 27
+        #   3x3 32->64 b8 16x16:          47 / 35 / 55 / 46 / 51
+        #   LeNet c1 b64 1->6 5x5 28x28 (r2k6 / r6k2 / r4k2 / r8k1): 25 / 31 / 31 / 26
+        # With KB = 2 the row count of the tile (4-6, 8-12 accumulators) is
+        # the one that wastes the fewest rows of this output (LeNet c1: 28
+        # rows in 7 tiles of 4, not 5 of 6; c2's grad-input: 14 in 3 of 5).
+        if Kg % 4 == 0:
+            g.RB, g.KB = 2, 4
+        elif Kg % 2 == 0:
+            g.RB, g.KB = 6, 2
+            if ceil_div(p.OH, 5) * 5 < ceil_div(p.OH, g.RB) * g.RB:
+                g.RB = 5
+            if ceil_div(p.OH, 4) * 4 < ceil_div(p.OH, g.RB) * g.RB:
+                g.RB = 4
+        else:
+            g.RB, g.KB = 8, 1
+    elif Kg % 8 == 0:
         g.RB, g.KB = 2, 8
     elif Kg % 6 == 0:
         g.RB, g.KB = 4, 6
@@ -868,10 +949,18 @@ cdef void _fwd_tile(const DirectGeom* g, const floating* x, Py_ssize_t row_step,
     if floating is float:
         if g.KB == 8:
             engine_conv_fwd_f32_r2k8(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 6 and g.RB == 2:
+            engine_conv_fwd_f32_r2k6(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         elif g.KB == 6:
             engine_conv_fwd_f32_r4k6(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 4 and g.RB == 3:
+            engine_conv_fwd_f32_r3k4(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         elif g.KB == 4:
             engine_conv_fwd_f32_r2k4(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 2 and g.RB == 6:
+            engine_conv_fwd_f32_r6k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 2 and g.RB == 5:
+            engine_conv_fwd_f32_r5k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         elif g.KB == 2:
             engine_conv_fwd_f32_r4k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         else:
@@ -879,10 +968,18 @@ cdef void _fwd_tile(const DirectGeom* g, const floating* x, Py_ssize_t row_step,
     else:
         if g.KB == 8:
             engine_conv_fwd_f64_r2k8(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 6 and g.RB == 2:
+            engine_conv_fwd_f64_r2k6(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         elif g.KB == 6:
             engine_conv_fwd_f64_r4k6(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 4 and g.RB == 3:
+            engine_conv_fwd_f64_r3k4(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         elif g.KB == 4:
             engine_conv_fwd_f64_r2k4(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 2 and g.RB == 6:
+            engine_conv_fwd_f64_r6k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        elif g.KB == 2 and g.RB == 5:
+            engine_conv_fwd_f64_r5k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         elif g.KB == 2:
             engine_conv_fwd_f64_r4k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
         else:
@@ -925,7 +1022,7 @@ cdef void _direct_forward_item(const Conv2dParams* p, const DirectGeom* g,
 
 
 cdef int _direct_conv(const Conv2dParams* p, const floating* x, const floating* w,
-                      const floating* b, floating* y) noexcept nogil:
+                      const floating* b, floating* y, bint relu=False) noexcept nogil:
     """y = direct conv(x, w) + b for already checked parameters."""
     cdef DirectGeom g
     cdef Py_ssize_t vl = _vl(y), it
@@ -953,6 +1050,9 @@ cdef int _direct_conv(const Conv2dParams* p, const floating* x, const floating* 
         for it in prange(items, schedule='static'):
             _direct_forward_item(p, &g, x, wpk, b, y, it // p.groups, it % p.groups,
                                  ws + threadid() * per)
+            if relu:
+                _relu_inplace(y + it * (p.K // p.groups) * p.OH * p.OW,
+                              (p.K // p.groups) * p.OH * p.OW)
         engine_ftz_exit(old)
     free(wpk)
     free(ws)
@@ -1230,12 +1330,22 @@ cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
 cdef int conv2d_forward(Conv2dParams p, ConvAlgo algo, const floating* x,
                         const floating* w, const floating* b,
                         floating* y) noexcept nogil:
+    return conv2d_forward_relu(p, algo, x, w, b, y, False)
+
+
+cdef int conv2d_forward_relu(Conv2dParams p, ConvAlgo algo, const floating* x,
+                             const floating* w, const floating* b,
+                             floating* y, bint relu) noexcept nogil:
+    cdef int err
     if algo == CONV_ALGO_AUTO:
         algo = conv2d_choose_algo(&p, CONV_PASS_FORWARD)
     if algo == CONV_ALGO_DIRECT:
-        return conv2d_direct_forward(p, x, w, b, y)
+        err = conv2d_check_params(&p)
+        if err:
+            return err
+        return _direct_conv(&p, x, w, b, y, relu)
     if algo == CONV_ALGO_IM2COL:
-        return conv2d_im2col_forward(p, x, w, b, y)
+        return _im2col_forward(p, x, w, b, y, relu)
     return ENGINE_EBADARG
 
 
@@ -1379,6 +1489,13 @@ def choose_algo(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1,
     return _ALGO_NAMES[conv2d_choose_algo(&p, _PASSES[which])]
 
 
+def simd_info():
+    """The direct kernels' vector build: {'vector_bytes', 'registers'}
+    (64 / 32 with AVX-512, 32 / 16 with AVX2, 16 / 16 otherwise). choose_algo's
+    picks for large 3x3 layers depend on it."""
+    return {"vector_bytes": ENGINE_VL_F32 * 4, "registers": ENGINE_VREGS}
+
+
 def _check_inputs(x, weight):
     x = float_array(x, "x", ndim=4)
     weight = float_array(weight, "weight", ndim=4, dtype=x.dtype)
@@ -1415,12 +1532,64 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1,
 
 cdef int _forward(Conv2dParams p, ConvAlgo a, floating[:, :, :, ::1] x,
                   floating[:, :, :, ::1] w, floating[::1] b,
-                  floating[:, :, :, ::1] y):
+                  floating[:, :, :, ::1] y, bint relu=False):
     cdef const floating* pb = &b[0] if b is not None else NULL
     cdef int err
     with nogil:
-        err = conv2d_forward(p, a, &x[0, 0, 0, 0], &w[0, 0, 0, 0], pb, &y[0, 0, 0, 0])
+        err = conv2d_forward_relu(p, a, &x[0, 0, 0, 0], &w[0, 0, 0, 0], pb,
+                                  &y[0, 0, 0, 0], relu)
     return err
+
+
+cdef class Conv2dPlan:
+    """A convolution geometry validated once for one input shape and dtype.
+
+    ``Conv2dPlan(x_shape, w_shape, dtype, stride, padding, dilation, groups,
+    algo)`` runs conv2d's checks (same errors); ``plan.forward(x, weight,
+    bias=None, relu=False)`` then only checks that the arrays match the plan
+    (shapes; dtype and C-contiguity through the typed buffers) and returns
+    conv2d(...) -- followed by max(., 0) when ``relu`` -- with the bits of
+    conv2d. pyengine's Conv2d keeps one per input shape: the per-call Python
+    work of a batch-1 layer was most of its time.
+    """
+    cdef Conv2dParams p
+    cdef ConvAlgo algo
+    cdef bint f32
+    cdef readonly tuple x_shape, w_shape, y_shape
+    cdef readonly object dtype
+
+    def __init__(self, x_shape, w_shape, dtype, stride=1, padding=0, dilation=1,
+                 groups=1, algo="auto"):
+        dt = np.dtype(dtype)
+        if dt not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {dt}")
+        self.x_shape = tuple(int(v) for v in x_shape)
+        self.w_shape = tuple(int(v) for v in w_shape)
+        if len(self.x_shape) != 4 or len(self.w_shape) != 4:
+            raise ValueError(f"x_shape and w_shape must have 4 entries, got "
+                             f"{self.x_shape} and {self.w_shape}")
+        self.algo = _algo(algo, self.w_shape)
+        self.p = _make_params(self.x_shape, self.w_shape, stride, padding, dilation, groups)
+        self.y_shape = (self.p.N, self.p.K, self.p.OH, self.p.OW)
+        check_size(self.y_shape, dt, "output")
+        self.dtype = dt
+        self.f32 = dt == np.float32
+
+    def forward(self, x, weight, bias=None, bint relu=False):
+        if x.shape != self.x_shape:
+            raise ValueError(f"x must have shape {self.x_shape} (the plan's), got {x.shape}")
+        if weight.shape != self.w_shape:
+            raise ValueError(f"weight must have shape {self.w_shape}, got {weight.shape}")
+        if bias is not None and bias.shape != (self.p.K,):
+            raise ValueError(f"bias must have shape ({self.p.K},), got {bias.shape}")
+        y = np.empty(self.y_shape, self.dtype)
+        cdef int err
+        if self.f32:
+            err = _forward[float](self.p, self.algo, x, weight, bias, y, relu)
+        else:
+            err = _forward[double](self.p, self.algo, x, weight, bias, y, relu)
+        _raise(err, "conv2d")
+        return y
 
 
 def conv2d_grad(x, weight, grad_out, stride=1, padding=0, dilation=1,

@@ -8,7 +8,8 @@ from engine._common cimport (ENGINE_OK, ENGINE_EBADARG, ceil_div,
                              engine_ftz_enter, engine_ftz_exit)
 from engine._threads cimport engine_num_threads
 from engine.blas cimport gemm_parallel
-from engine._validate import float_array, out_array, check_blas_size, export_entries
+from engine._validate import (float_array, out_array, check_blas_size, export_entries,
+                              BLAS_INT_MAX)
 
 # Column block for the bias-gradient sum: each block is summed by one thread,
 # rows in order, so the result does not depend on the thread count.
@@ -32,10 +33,15 @@ cdef int linear_forward(const floating* x, const floating* W, const floating* b,
     if b != NULL:
         # Bias first, then accumulate the product on top of it (beta = 1).
         # A parallel region costs more than filling a small output.
-        for n in prange(N, nogil=True, schedule='static',
-                        num_threads=engine_num_threads() if N * OUT >= _PAR_MIN else 1):
-            for o in range(OUT):
-                y[n * OUT + o] = b[o]
+        if N * OUT >= _PAR_MIN:
+            for n in prange(N, nogil=True, schedule='static',
+                            num_threads=engine_num_threads()):
+                for o in range(OUT):
+                    y[n * OUT + o] = b[o]
+        else:
+            for n in range(N):
+                for o in range(OUT):
+                    y[n * OUT + o] = b[o]
         beta = 1
     gemm_parallel(False, True, <int>N, <int>OUT, <int>IN, <floating>1, x, <int>max(IN, 1),
                   W, <int>max(IN, 1), beta, y, <int>OUT)
@@ -93,17 +99,45 @@ def _check_linear(x, weight, bias):
 
 
 cdef _forward(floating[:, ::1] x, floating[:, ::1] W, floating[::1] b,
-              floating[:, ::1] y):
-    cdef Py_ssize_t N = x.shape[0], IN = x.shape[1], OUT = W.shape[0]
-    cdef const floating* px = &x[0, 0] if x.size else NULL
-    cdef const floating* pw = &W[0, 0] if W.size else NULL
-    cdef const floating* pb = &b[0] if (b is not None and b.size) else NULL
-    cdef floating* py = &y[0, 0] if y.size else NULL
+              floating[:, ::1] y, bint relu=False):
+    cdef Py_ssize_t N = x.shape[0], IN = x.shape[1], OUT = W.shape[0], i
+    cdef const floating* px = &x[0, 0] if x.shape[0] * x.shape[1] else NULL
+    cdef const floating* pw = &W[0, 0] if W.shape[0] * W.shape[1] else NULL
+    cdef const floating* pb = &b[0] if (b is not None and b.shape[0]) else NULL
+    cdef floating* py = &y[0, 0] if y.shape[0] * y.shape[1] else NULL
+    cdef floating v
     cdef int rc
     with nogil:
         rc = linear_forward(px, pw, pb, py, N, IN, OUT)
+        if relu and rc == ENGINE_OK:
+            # Fused ReLU (engine.activation.relu's rule: NaN passes).
+            for i in range(N * OUT):
+                v = py[i]
+                py[i] = 0 if v <= 0 else v
     if rc != ENGINE_OK:
         raise RuntimeError(f"linear_forward failed with code {rc}")
+
+
+def _linear_forward_plain(x, weight, bias=None, bint relu=False):
+    """Lean entry for pyengine.Linear: linear_forward(x, weight, bias),
+    followed by max(., 0) when `relu`, for arrays that already are
+    C-contiguous and writeable with one dtype (the typed buffers reject
+    anything else with ValueError; nothing is copied)."""
+    cdef Py_ssize_t IN = weight.shape[1], OUT = weight.shape[0]
+    if x.shape[1] != IN:
+        raise ValueError(f"x has {x.shape[1]} features but weight expects "
+                         f"{IN} (weight shape {weight.shape})")
+    if bias is not None and bias.shape != (OUT,):
+        raise ValueError(f"bias has shape {bias.shape}, expected ({OUT},)")
+    if x.shape[0] > BLAS_INT_MAX or IN > BLAS_INT_MAX or OUT > BLAS_INT_MAX:
+        raise ValueError(f"linear sizes {x.shape} x {weight.shape} exceed the BLAS "
+                         f"32-bit size limit {BLAS_INT_MAX}")
+    y = np.empty((x.shape[0], OUT), x.dtype)
+    if x.dtype == np.float32:
+        _forward[float](x, weight, bias, y, relu)
+    else:
+        _forward[double](x, weight, bias, y, relu)
+    return y
 
 
 def _linear_forward_py(x, weight, bias=None, out=None):

@@ -36,7 +36,8 @@ cdef int pool2d_check(const pool2d_params* p) noexcept nogil
 
 # y[N, C, OH, OW] = window max of x[N, C, H, W]; indices[N, C, OH, OW] the flat
 # position (ih * W + iw) of the max within its plane, as torch's return_indices.
-# NaN propagates (a NaN in the window wins).
+# NaN propagates (a NaN in the window wins). indices may be NULL (values only;
+# the same y).
 cdef int max_pool2d_forward(const pool2d_params* p, const floating* x,
                             floating* y, int64_t* indices) noexcept nogil
 

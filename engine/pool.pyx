@@ -12,7 +12,9 @@ from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 from libc.string cimport memset
 
-from engine._common cimport (ENGINE_OK, ENGINE_EBADARG, ENGINE_EINDEX,
+from libc.stdlib cimport malloc, free
+
+from engine._common cimport (ENGINE_OK, ENGINE_EBADARG, ENGINE_EINDEX, ENGINE_ENOMEM,
                              engine_ftz_enter, engine_ftz_exit, ceil_div)
 from engine._threads cimport engine_num_threads
 from engine._validate import float_array, empty
@@ -178,6 +180,31 @@ cdef void _max_plane_2x2(const pool2d_params* p, const floating* x, floating* y,
             ind[oh * OW + ow] = best_pos
 
 
+cdef void _max_plane_2x2_values(const pool2d_params* p, const floating* x,
+                                floating* y) noexcept nogil:
+    """_max_plane_2x2 without the indices (inference): the same selections,
+    so the same values, as branch-free selects the compiler can vectorise."""
+    cdef Py_ssize_t W = p.W, OW = p.OW
+    cdef Py_ssize_t oh, ow
+    cdef const floating* r0
+    cdef const floating* r1
+    cdef floating* yr
+    cdef floating best, v
+    for oh in range(p.OH):
+        r0 = x + 2 * oh * W
+        r1 = r0 + W
+        yr = y + oh * OW
+        for ow in range(OW):
+            best = r0[2 * ow]
+            v = r0[2 * ow + 1]
+            best = v if (v > best) | (v != v) else best
+            v = r1[2 * ow]
+            best = v if (v > best) | (v != v) else best
+            v = r1[2 * ow + 1]
+            best = v if (v > best) | (v != v) else best
+            yr[ow] = best
+
+
 cdef int max_pool2d_forward(const pool2d_params* p, const floating* x,
                             floating* y, int64_t* indices) noexcept nogil:
     cdef int err = pool2d_check(p)
@@ -187,17 +214,30 @@ cdef int max_pool2d_forward(const pool2d_params* p, const floating* x,
     cdef bint fast = (p.kh == 2 and p.kw == 2 and p.sh == 2 and p.sw == 2
                       and p.ph == 0 and p.pw == 0 and p.dh == 1 and p.dw == 1
                       and 2 * p.OH <= p.H and 2 * p.OW <= p.W)
+    cdef int64_t* scratch
+    cdef bint failed = False
     if err != ENGINE_OK:
         return err
     with parallel(num_threads=_team(<double>planes * OHW * p.kh * p.kw)):
         mode = engine_ftz_enter()
+        scratch = NULL
+        if indices == NULL and not fast:
+            scratch = <int64_t*>malloc(OHW * sizeof(int64_t))
         for plane in prange(planes, schedule='static'):
-            if fast:
+            if indices == NULL:
+                if fast:
+                    _max_plane_2x2_values(p, x + plane * HW, y + plane * OHW)
+                elif scratch != NULL:
+                    _max_plane(p, x + plane * HW, y + plane * OHW, scratch)
+                else:
+                    failed = True
+            elif fast:
                 _max_plane_2x2(p, x + plane * HW, y + plane * OHW, indices + plane * OHW)
             else:
                 _max_plane(p, x + plane * HW, y + plane * OHW, indices + plane * OHW)
+        free(scratch)
         engine_ftz_exit(mode)
-    return ENGINE_OK
+    return ENGINE_ENOMEM if failed else ENGINE_OK
 
 
 cdef Py_ssize_t _max_back_plane(Py_ssize_t HW, Py_ssize_t OHW, const floating* gy,
@@ -517,6 +557,64 @@ def _input_shape(input_shape, grad_out, name="input_shape"):
     if shape[2] < 1 or shape[3] < 1:
         raise ValueError(f"{name} spatial size must be positive, got {shape}")
     return shape
+
+
+cdef class MaxPool2dPlan:
+    """Max-pooling arguments validated once for one input shape and dtype.
+
+    ``MaxPool2dPlan(x_shape, dtype, kernel_size, stride, padding, dilation,
+    ceil_mode)`` runs max_pool2d's checks (same errors); ``plan.forward(x,
+    indices=True)`` then only checks x's shape (dtype and C-contiguity through
+    the typed buffer) and returns max_pool2d(x, ...)'s (y, indices) --
+    indices None when not asked for (inference skips computing them; the
+    values are the same bits). pyengine's MaxPool2d keeps one per input shape.
+    """
+    cdef pool2d_params p
+    cdef bint f32
+    cdef readonly tuple x_shape, y_shape
+    cdef readonly object dtype
+
+    def __init__(self, x_shape, dtype, kernel_size, stride=None, padding=0, dilation=1,
+                 ceil_mode=False):
+        dt = np.dtype(dtype)
+        if dt not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {dt}")
+        shape = tuple(int(v) for v in x_shape)
+        if len(shape) != 4:
+            raise ValueError(f"x must be 4-dimensional, got shape {shape}")
+        kernel, stride, padding, dilation, out_hw = pool_params(
+            shape, kernel_size, stride, padding, dilation, ceil_mode)
+        self.y_shape = shape[:2] + out_hw
+        empty(self.y_shape, dt, "output")      # the size checks, once
+        self.p = _make_params(shape, kernel, stride, padding, dilation, out_hw,
+                              ceil_mode, True, 0)
+        self.x_shape = shape
+        self.dtype = dt
+        self.f32 = dt == np.float32
+
+    def forward(self, x, bint indices=True):
+        if x.shape != self.x_shape:
+            raise ValueError(f"x must have shape {self.x_shape} (the plan's), got {x.shape}")
+        y = np.empty(self.y_shape, self.dtype)
+        ind = np.empty(self.y_shape, np.int64) if indices else None
+        if y.size == 0:
+            return y, ind
+        cdef int err
+        if self.f32:
+            err = _max_fwd_opt[float](&self.p, x, y, ind)
+        else:
+            err = _max_fwd_opt[double](&self.p, x, y, ind)
+        _check_code(err, "max_pool2d")
+        return y, ind
+
+
+cdef int _max_fwd_opt(pool2d_params* p, floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
+                      int64_t[:, :, :, ::1] ind):
+    cdef int64_t* pi = &ind[0, 0, 0, 0] if ind is not None else NULL
+    cdef int err
+    with nogil:
+        err = max_pool2d_forward(p, &x[0, 0, 0, 0], &y[0, 0, 0, 0], pi)
+    return err
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1,

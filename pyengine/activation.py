@@ -15,6 +15,7 @@ import numpy as np
 
 from engine import activation as _k
 from engine._validate import float_array
+from pyengine import module as _module
 from pyengine.module import Module, is_grad_enabled
 
 __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softplus", "GELU",
@@ -354,3 +355,6 @@ class Flatten(Module):
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+_module._RELU_TYPES.add(ReLU)   # Sequential may fuse it into the layer before

@@ -6,6 +6,7 @@ import numpy as np
 
 from engine import conv as _conv
 from pyengine._random import get_rng
+from pyengine import module as _module
 from pyengine.module import Module, Parameter, is_grad_enabled
 
 __all__ = ["Conv2d"]
@@ -25,6 +26,12 @@ def _int_pair(value, name, minimum):
     if min(pair) < minimum:
         raise ValueError(f"{name} must be >= {minimum}. Received: {name}={value!r}")
     return pair
+
+
+def _plain(a):
+    """C-contiguous and writeable: what the kernels' typed buffers accept."""
+    f = a.flags
+    return f.c_contiguous and f.writeable
 
 
 def _grad_buffer(p):
@@ -129,7 +136,31 @@ class Conv2d(Module):
         return dict(stride=self.stride, padding=self._pads(), dilation=self.dilation,
                     groups=self.groups, algo=self.algo)
 
+    # Conv2dPlan of the last input shape (geometry validated once); any change
+    # of the attributes below drops it.
+    _plan = None
+    _PLAN_ATTRS = frozenset(("in_channels", "out_channels", "kernel_size", "stride",
+                             "padding", "dilation", "groups", "algo"))
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in Conv2d._PLAN_ATTRS:
+            self.__dict__["_plan"] = None
+
     def forward(self, x):
+        return self._forward(x, False)
+
+    def _forward(self, x, relu):
+        """forward(x), followed by max(., 0) when `relu` (Sequential fuses a
+        Conv2d with the ReLU after it; same bits as the two modules)."""
+        plan = self._plan
+        w = self.weight.data
+        if (plan is not None and type(x) is np.ndarray and x.shape == plan.x_shape
+                and x.dtype == plan.dtype and w.shape == plan.w_shape
+                and w.dtype == plan.dtype and _plain(x)):
+            y = plan.forward(x, w, self.bias.data if self.bias is not None else None, relu)
+            self.__dict__["_x"] = x if is_grad_enabled() else None
+            return y
         x = np.asarray(x)
         if x.ndim != 4:
             raise ValueError(f"Conv2d expects input of shape (N, C, H, W), got {x.shape}")
@@ -147,10 +178,19 @@ class Conv2d(Module):
             if x.dtype not in (np.float32, np.float64):
                 raise TypeError(f"Conv2d input must be float32 or float64, got {x.dtype}")
             x = x.astype(w.dtype)
-        x = np.ascontiguousarray(x)
+        if not _plain(x):       # the kernels read C-contiguous, writeable buffers
+            x = np.array(x, order="C")
         bias = self.bias.data if self.bias is not None else None
-        y = _conv.conv2d(x, w, bias, **self._geometry())
-        self._x = x if is_grad_enabled() else None
+        if bias is not None and bias.dtype != w.dtype:
+            raise TypeError(f"bias must have dtype {w.dtype} like the weight, got {bias.dtype}")
+        plan = _conv.Conv2dPlan(x.shape, w.shape, w.dtype, **self._geometry())
+        if _plain(w) and (bias is None or _plain(bias)):
+            self.__dict__["_plan"] = plan
+        else:
+            w = np.array(w, order="C")
+            bias = None if bias is None else np.array(bias, order="C")
+        y = plan.forward(x, w, bias, relu)
+        self.__dict__["_x"] = x if is_grad_enabled() else None
         return y
 
     def backward(self, grad_out, input_grad=True):
@@ -181,3 +221,6 @@ class Conv2d(Module):
         if self.algo != "auto":
             s += f", algo={self.algo!r}"
         return s
+
+
+_module._RELU_PRODUCERS.add(Conv2d)

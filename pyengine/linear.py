@@ -6,9 +6,16 @@ import numpy as np
 
 from engine import dense
 from pyengine import init
+from pyengine import module as _module
 from pyengine.module import Module, Parameter, is_grad_enabled
 
 __all__ = ["Linear", "Identity"]
+
+
+def _plain(a):
+    """C-contiguous and writeable: what the kernels' typed buffers accept."""
+    f = a.flags
+    return f.c_contiguous and f.writeable
 
 
 class Linear(Module):
@@ -45,6 +52,26 @@ class Linear(Module):
             init.uniform_(self.bias.data, -bound, bound)
 
     def forward(self, x):
+        return self._forward(x, False)
+
+    def _forward(self, x, relu):
+        """forward(x), followed by max(., 0) when `relu` (Sequential fuses a
+        Linear with the ReLU after it; same bits as the two modules)."""
+        w = self.weight.data
+        b = None if self.bias is None else self.bias.data
+        if not (type(x) is np.ndarray and x.ndim == 2 and x.dtype == w.dtype
+                and x.shape[1] == self.in_features and _plain(x) and _plain(w)
+                and (b is None or _plain(b))):
+            return self._forward_general(x, relu)
+        y = dense._linear_forward_plain(x, w, b, relu)
+        d = self.__dict__
+        if is_grad_enabled():
+            d["_x"], d["_shape"] = x, x.shape
+        else:
+            d["_x"] = d["_shape"] = None
+        return y
+
+    def _forward_general(self, x, relu):
         x = np.asarray(x)
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear expects input (*, {self.in_features}), got shape {x.shape}")
@@ -52,8 +79,16 @@ class Linear(Module):
             raise TypeError(f"Linear: input dtype {x.dtype} does not match the layer's "
                             f"{self.weight.data.dtype}")
         x2 = x.reshape(-1, self.in_features)
-        y = dense.linear_forward(x2, self.weight.data,
-                                 None if self.bias is None else self.bias.data)
+        if relu:
+            w = self.weight.data
+            b = None if self.bias is None else self.bias.data
+            y = dense._linear_forward_plain(
+                x2 if _plain(x2) else np.array(x2, order="C"),
+                w if _plain(w) else np.array(w, order="C"),
+                None if b is None or _plain(b) else np.array(b, order="C"), True)
+        else:
+            y = dense.linear_forward(x2, self.weight.data,
+                                     None if self.bias is None else self.bias.data)
         if is_grad_enabled():
             self._x, self._shape = x2, x.shape
         else:
@@ -79,6 +114,9 @@ class Linear(Module):
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}")
+
+
+_module._RELU_PRODUCERS.add(Linear)
 
 
 class Identity(Module):

@@ -20,6 +20,14 @@ _grad_state = threading.local()
 # path, so Module.__call__ pays one global test.
 _anomaly_hook = None
 
+# Sequential runs a layer of a type in _RELU_PRODUCERS followed by a module of
+# a type in _RELU_TYPES as one kernel call: `layer._forward(x, True)` returns
+# max(layer(x), 0) (the same bits) and the ReLU keeps what its backward needs.
+# Exact types only (a subclass may change forward); filled by conv.py,
+# linear.py and activation.py.
+_RELU_PRODUCERS = set()
+_RELU_TYPES = set()
+
 
 def is_grad_enabled():
     """False inside ``with pe.no_grad():`` (per Python thread)."""
@@ -89,6 +97,17 @@ class Module:
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "training", True)
+
+    # Per-shape caches of validated kernel arguments (Conv2d, MaxPool2d,
+    # Sequential): rebuilt on the next forward, so copies and pickles leave
+    # them out.
+    _CACHE_ATTRS = ("_plan", "_plan_args", "_steps_cache")
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for name in Module._CACHE_ATTRS:
+            state.pop(name, None)
+        return state
 
     # -- registration ---------------------------------------------------
     def __setattr__(self, name, value):
@@ -309,9 +328,36 @@ class Sequential(Module):
         self.add_module(str(len(self._modules)), module)
         return self
 
+    def _steps(self):
+        """[(module, fused ReLU or None)], rebuilt when the children change."""
+        mods = tuple(self._modules.values())
+        cached = self.__dict__.get("_steps_cache")
+        if cached is not None and cached[0] == mods:
+            return cached[1]
+        steps, i = [], 0
+        while i < len(mods):
+            m = mods[i]
+            r = mods[i + 1] if i + 1 < len(mods) else None
+            if type(m) in _RELU_PRODUCERS and type(r) in _RELU_TYPES:
+                steps.append((m, r))
+                i += 2
+            else:
+                steps.append((m, None))
+                i += 1
+        self.__dict__["_steps_cache"] = (mods, steps)
+        return steps
+
     def forward(self, x):
-        for m in self._modules.values():
-            x = m(x)
+        if _anomaly_hook is not None:   # check every module's own output
+            for m in self._modules.values():
+                x = m(x)
+            return x
+        for m, relu in self._steps():
+            if relu is None:
+                x = m(x)
+            else:
+                x = m._forward(x, True)
+                relu.__dict__["_kept"] = x if is_grad_enabled() else None
         return x
 
     def backward(self, grad_out, input_grad=True):

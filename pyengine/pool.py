@@ -12,6 +12,12 @@ from pyengine.module import Module, is_grad_enabled
 __all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
 
 
+def _plain(a):
+    """C-contiguous and writeable: what the kernels' typed buffers accept."""
+    f = a.flags
+    return f.c_contiguous and f.writeable
+
+
 def _as_batched(x):
     """(C, H, W) -> (1, C, H, W); returns the array and whether it was unbatched."""
     x = np.asarray(x)
@@ -73,13 +79,43 @@ class MaxPool2d(_Pool2d):
         self.ceil_mode = ceil_mode
         self._indices = None
 
+    _plan = None     # MaxPool2dPlan of the last input shape and arguments
+
     def forward(self, x):
+        plan = self._plan
+        if (plan is None or type(x) is not np.ndarray or x.shape != plan.x_shape
+                or x.dtype != plan.dtype or not _plain(x) or self._plan_args != (
+                    self.kernel_size, self.stride, self.padding, self.dilation,
+                    self.ceil_mode)):
+            return self._forward_general(x)
+        keep = is_grad_enabled()
+        y, ind = plan.forward(x, keep or self.return_indices)
+        d = self.__dict__
+        if keep:
+            d["_unbatched"], d["_input_shape"], d["_indices"] = False, x.shape, ind
+        else:
+            d["_input_shape"] = None
+        return (y, ind) if self.return_indices else y
+
+    def _forward_general(self, x):
         x4, unbatched = _as_batched(x)
-        y, ind = _pool.max_pool2d(x4, self.kernel_size, self.stride, self.padding,
-                                          self.dilation, self.ceil_mode)
+        if x4.dtype in (np.float32, np.float64):
+            if not _plain(x4):      # the kernel reads C-contiguous, writeable buffers
+                x4 = np.array(x4, order="C")
+            args = (self.kernel_size, self.stride, self.padding, self.dilation,
+                    self.ceil_mode)
+            plan = _pool.MaxPool2dPlan(x4.shape, x4.dtype, *args)
+            if not unbatched:
+                d = self.__dict__
+                d["_plan"], d["_plan_args"] = plan, args
+            y, ind = plan.forward(x4, is_grad_enabled() or self.return_indices)
+        else:   # max_pool2d's dtype error
+            y, ind = _pool.max_pool2d(x4, self.kernel_size, self.stride, self.padding,
+                                      self.dilation, self.ceil_mode)
         self._keep(unbatched, x4.shape, _indices=ind)
         if unbatched:
-            y, ind = y[0], ind[0]
+            y = y[0]
+            ind = None if ind is None else ind[0]
         return (y, ind) if self.return_indices else y
 
     def backward(self, grad_out, input_grad=True):
