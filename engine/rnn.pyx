@@ -542,6 +542,17 @@ cdef inline Py_ssize_t _time_index(const rnn_dims* d, Py_ssize_t s) noexcept nog
     return d.T - 1 - s if d.reverse else s
 
 
+cdef inline const floating* _prev_hidden(const rnn_dims* d, Py_ssize_t s, const floating* h0,
+                                        const floating* y, Py_ssize_t* ld) noexcept nogil:
+    """h_{t-1} of processing step s (B rows, `ld` apart): h0 at the first step,
+    else the previous step's rows of the output y."""
+    if s == 0:
+        ld[0] = d.H
+        return h0
+    ld[0] = d.ldy
+    return y + _time_index(d, s - 1) * d.B * d.ldy
+
+
 cdef inline Py_ssize_t _step_chunks(const rnn_dims* d) noexcept nogil:
     cdef Py_ssize_t G = rnn_num_gates(d.mode)
     return work_chunks(d.B // _STEP_MIN_ROWS, 2.0 * d.B * G * d.H * d.H,
@@ -874,10 +885,7 @@ cdef int _merged_weight_grads(const rnn_dims* d, const floating* x, const floati
         return ENGINE_ENOMEM
     for s in range(T):
         t = _time_index(d, s)
-        if s == 0:
-            hp, ld_hp = h0, H
-        else:
-            hp, ld_hp = y + _time_index(d, s - 1) * B * d.ldy, d.ldy
+        hp = _prev_hidden(d, s, h0, y, &ld_hp)
         for b in range(B):
             row = xh + (t * B + b) * W
             memcpy(row, x + (t * B + b) * I, I * sizeof(floating))
@@ -942,10 +950,7 @@ cdef int _panel_weight_grads(const rnn_dims* d, const float* x, const float* y,
         return ENGINE_ENOMEM
     for s in range(T):
         t = _time_index(d, s)
-        if s == 0:
-            hp, ld_hp = h0, H
-        else:
-            hp, ld_hp = y + _time_index(d, s - 1) * B * d.ldy, d.ldy
+        hp = _prev_hidden(d, s, h0, y, &ld_hp)
         for j in range(I):
             for b in range(B):
                 xht[j * TB + t * B + b] = x[(t * B + b) * I + j]
