@@ -155,10 +155,12 @@ class Conv2d(Module):
         Conv2d with the ReLU after it; same bits as the two modules)."""
         plan = self._plan
         w = self.weight.data
+        b = self.bias.data if self.bias is not None else None
         if (plan is not None and type(x) is np.ndarray and x.shape == plan.x_shape
                 and x.dtype == plan.dtype and w.shape == plan.w_shape
-                and w.dtype == plan.dtype and _plain(x)):
-            y = plan.forward(x, w, self.bias.data if self.bias is not None else None, relu)
+                and w.dtype == plan.dtype and _plain(x) and _plain(w)
+                and (b is None or _plain(b))):
+            y = plan.forward(x, w, b, relu)
             self.__dict__["_x"] = x if is_grad_enabled() else None
             return y
         x = np.asarray(x)

@@ -136,6 +136,15 @@ def test_layer_plans_follow_changes(rng):
     assert np.array_equal(m(ro), m(x))
     with pytest.raises(ValueError, match="in_channels"):
         m(x[:, :2])
+    y = m(x)                                # a plan for this shape exists now
+    m.weight.data = np.asfortranarray(m.weight.data)   # non-contiguous parameters:
+    m.bias.data = np.stack([m.bias.data] * 2, 1)[:, 0]  # copied, as without a plan
+    assert np.array_equal(m(x), y)
+    lw = pe.Linear(8, 3)
+    u = rng.standard_normal((4, 8)).astype(np.float32)
+    yl = lw(u)
+    lw.weight.data = np.asfortranarray(lw.weight.data)
+    assert np.array_equal(lw(u), yl)
 
     p = pe.MaxPool2d(2)
     assert p(x).shape == (2, 3, 4, 4)
