@@ -54,6 +54,13 @@ def float_array(x, name, ndim=None, dtype=None):
     return x
 
 
+def is_plain(a):
+    """C-contiguous and writeable: what the kernels' typed buffers take as
+    they are (layers' fast paths check this, else convert with float_array)."""
+    f = a.flags
+    return f.c_contiguous and f.writeable
+
+
 def _fmt_bytes(n):
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if n < 1024 or unit == "PiB":

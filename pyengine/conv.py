@@ -5,6 +5,7 @@ import math
 import numpy as np
 
 from engine import conv as _conv
+from engine._validate import is_plain
 from pyengine._random import get_rng
 from pyengine import module as _module
 from pyengine.module import Module, Parameter, is_grad_enabled
@@ -26,12 +27,6 @@ def _int_pair(value, name, minimum):
     if min(pair) < minimum:
         raise ValueError(f"{name} must be >= {minimum}. Received: {name}={value!r}")
     return pair
-
-
-def _plain(a):
-    """C-contiguous and writeable: what the kernels' typed buffers accept."""
-    f = a.flags
-    return f.c_contiguous and f.writeable
 
 
 def _grad_buffer(p):
@@ -158,8 +153,8 @@ class Conv2d(Module):
         b = self.bias.data if self.bias is not None else None
         if (plan is not None and type(x) is np.ndarray and x.shape == plan.x_shape
                 and x.dtype == plan.dtype and w.shape == plan.w_shape
-                and w.dtype == plan.dtype and _plain(x) and _plain(w)
-                and (b is None or _plain(b))):
+                and w.dtype == plan.dtype and is_plain(x) and is_plain(w)
+                and (b is None or is_plain(b))):
             y = plan.forward(x, w, b, relu)
             self.__dict__["_x"] = x if is_grad_enabled() else None
             return y
@@ -180,13 +175,13 @@ class Conv2d(Module):
             if x.dtype not in (np.float32, np.float64):
                 raise TypeError(f"Conv2d input must be float32 or float64, got {x.dtype}")
             x = x.astype(w.dtype)
-        if not _plain(x):       # the kernels read C-contiguous, writeable buffers
+        if not is_plain(x):       # the kernels read C-contiguous, writeable buffers
             x = np.array(x, order="C")
         bias = self.bias.data if self.bias is not None else None
         if bias is not None and bias.dtype != w.dtype:
             raise TypeError(f"bias must have dtype {w.dtype} like the weight, got {bias.dtype}")
         plan = _conv.Conv2dPlan(x.shape, w.shape, w.dtype, **self._geometry())
-        if _plain(w) and (bias is None or _plain(bias)):
+        if is_plain(w) and (bias is None or is_plain(bias)):
             self.__dict__["_plan"] = plan
         else:
             w = np.array(w, order="C")

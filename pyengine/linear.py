@@ -5,17 +5,12 @@ import math
 import numpy as np
 
 from engine import dense
+from engine._validate import is_plain
 from pyengine import init
 from pyengine import module as _module
 from pyengine.module import Module, Parameter, is_grad_enabled
 
 __all__ = ["Linear", "Identity"]
-
-
-def _plain(a):
-    """C-contiguous and writeable: what the kernels' typed buffers accept."""
-    f = a.flags
-    return f.c_contiguous and f.writeable
 
 
 class Linear(Module):
@@ -60,8 +55,8 @@ class Linear(Module):
         w = self.weight.data
         b = None if self.bias is None else self.bias.data
         if not (type(x) is np.ndarray and x.ndim == 2 and x.dtype == w.dtype
-                and x.shape[1] == self.in_features and _plain(x) and _plain(w)
-                and (b is None or _plain(b))):
+                and x.shape[1] == self.in_features and is_plain(x) and is_plain(w)
+                and (b is None or is_plain(b))):
             return self._forward_general(x, relu)
         y = dense._linear_forward_plain(x, w, b, relu)
         d = self.__dict__
@@ -83,9 +78,9 @@ class Linear(Module):
             w = self.weight.data
             b = None if self.bias is None else self.bias.data
             y = dense._linear_forward_plain(
-                x2 if _plain(x2) else np.array(x2, order="C"),
-                w if _plain(w) else np.array(w, order="C"),
-                None if b is None or _plain(b) else np.array(b, order="C"), True)
+                x2 if is_plain(x2) else np.array(x2, order="C"),
+                w if is_plain(w) else np.array(w, order="C"),
+                None if b is None or is_plain(b) else np.array(b, order="C"), True)
         else:
             y = dense.linear_forward(x2, self.weight.data,
                                      None if self.bias is None else self.bias.data)

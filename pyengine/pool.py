@@ -7,15 +7,10 @@ is done by engine.pool (one OpenMP loop over the N * C planes).
 import numpy as np
 
 from engine import pool as _pool
+from engine._validate import is_plain
 from pyengine.module import Module, is_grad_enabled
 
 __all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
-
-
-def _plain(a):
-    """C-contiguous and writeable: what the kernels' typed buffers accept."""
-    f = a.flags
-    return f.c_contiguous and f.writeable
 
 
 def _as_batched(x):
@@ -84,7 +79,7 @@ class MaxPool2d(_Pool2d):
     def forward(self, x):
         plan = self._plan
         if (plan is None or type(x) is not np.ndarray or x.shape != plan.x_shape
-                or x.dtype != plan.dtype or not _plain(x) or self._plan_args != (
+                or x.dtype != plan.dtype or not is_plain(x) or self._plan_args != (
                     self.kernel_size, self.stride, self.padding, self.dilation,
                     self.ceil_mode)):
             return self._forward_general(x)
@@ -100,7 +95,7 @@ class MaxPool2d(_Pool2d):
     def _forward_general(self, x):
         x4, unbatched = _as_batched(x)
         if x4.dtype in (np.float32, np.float64):
-            if not _plain(x4):      # the kernel reads C-contiguous, writeable buffers
+            if not is_plain(x4):      # the kernel reads C-contiguous, writeable buffers
                 x4 = np.array(x4, order="C")
             args = (self.kernel_size, self.stride, self.padding, self.dilation,
                     self.ceil_mode)
