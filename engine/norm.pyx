@@ -3,8 +3,9 @@
 The input is viewed as (N, C, S): S = 1 for (N, C), L for (N, C, L), H*W for
 (N, C, H, W).
 
-S > 1 (images, sequences): OpenMP splits the channels into fixed blocks of
-CHANNEL_BLOCK adjacent channels, and one thread does a block start to finish:
+S > 1 (images, sequences): OpenMP splits the channels into blocks of up to
+CHANNEL_BLOCK adjacent channels (sized from C alone), and one thread does a
+block start to finish:
 its reductions, its per-channel coefficients, its elementwise pass. Loops
 run over n outside and the block's channels inside, so each n reads one
 contiguous run of memory (one channel's rows, a page each for 32x32 floats
@@ -45,7 +46,7 @@ cdef enum:
     PARALLEL_MIN = 32768   # fewer elements: run on the calling thread
     LANES = 32             # interleaved partial sums per row reduction
     SUM_BLOCK = 512        # values per block of partial sums (see reductions)
-    CHANNEL_BLOCK = 4      # adjacent channels one thread does together when S > 1
+    CHANNEL_BLOCK = 16     # at most this many adjacent channels per block when S > 1
 
 
 cdef inline int _threads_for(Py_ssize_t elements) noexcept nogil:
@@ -307,8 +308,14 @@ cdef void _input_grad(const floating* dy, const floating* x, floating* dx,
 # apart, which defeats the hardware prefetcher). Each channel still adds its
 # rows in ascending n: the result does not depend on the blocking.
 cdef inline Py_ssize_t _channel_block(Py_ssize_t C) noexcept nogil:
-    """Channels per block: CHANNEL_BLOCK, or 1 when C is too small to split."""
-    return CHANNEL_BLOCK if C >= 2 * CHANNEL_BLOCK else 1
+    """Channels per block: CHANNEL_BLOCK, halved until there are at least 4
+    blocks (for the threads). Longer contiguous runs measured faster than
+    blocks small enough to stay in L2 (16 vs 4 channels of 32 x 32x32
+    floats: forward 4%, backward 7% faster on Zen 3)."""
+    cdef Py_ssize_t cb = CHANNEL_BLOCK
+    while cb > 1 and C < 4 * cb:
+        cb //= 2
+    return cb
 
 
 cdef void _train_block(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C,
