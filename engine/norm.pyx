@@ -59,9 +59,10 @@ cdef inline int _threads_for(Py_ssize_t elements) noexcept nogil:
 # A row is reduced in blocks of SUM_BLOCK values: within a block, LANES
 # independent partial sums in the input's own type (several add chains, so
 # the loop runs at the adds' throughput, not their latency, and float input
-# is never widened element by element); each block's lanes are then added
-# pairwise in double. A float lane sums SUM_BLOCK / LANES = 16 values, so the
-# float rounding stays at the level of a few ulps of the block's total.
+# is never widened element by element); each block's lanes are then folded
+# pairwise (_fold) into a double total. A float lane sums SUM_BLOCK / LANES = 16
+# values, so the float rounding stays at the level of a few ulps of the block's
+# total.
 cdef inline double _fold(floating* acc) noexcept nogil:
     """Pairwise total of acc[:LANES] (overwritten), in a fixed order: halved
     down to 8 partial sums in the input's type (vector adds; per segment this
