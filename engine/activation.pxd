@@ -18,6 +18,15 @@ from cython cimport floating
 
 
 # y = max(x, 0) (NaN stays NaN).  dx = dy where y > 0, else 0 (torch: 0 at x == 0).
+# relu_span: the same rule as a plain loop on the calling thread (y may be x),
+# for other kernels' epilogues (conv, dense fuse a following ReLU with it).
+cdef inline void relu_span(const floating* x, floating* y, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating v
+    for i in range(n):
+        v = x[i]
+        y[i] = 0 if v <= 0 else v          # NaN <= 0 is false: NaN passes
+
 cdef int relu_forward(const floating* x, floating* y, Py_ssize_t n) noexcept nogil
 cdef int relu_backward(const floating* y, const floating* dy, floating* dx,
                        Py_ssize_t n) noexcept nogil

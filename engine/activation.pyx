@@ -146,9 +146,7 @@ cdef void _forward_chunk(int op, const floating* x, floating* y, Py_ssize_t n,
     cdef Py_ssize_t i
     cdef floating v, z, t
     if op == OP_RELU:
-        for i in range(n):
-            v = x[i]
-            y[i] = 0 if v <= 0 else v          # NaN <= 0 is false: NaN passes
+        relu_span(x, y, n)
     elif op == OP_LEAKY_RELU:
         for i in range(n):
             v = x[i]

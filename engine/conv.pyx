@@ -15,6 +15,7 @@ from engine._common cimport (ENGINE_OK, ENGINE_EBADARG, ENGINE_ENOMEM,
                              ceil_div)
 from engine._threads cimport engine_num_threads
 from engine.blas cimport gemm, gemm_parallel
+from engine.activation cimport relu_span
 from engine._validate import (float_array, out_array, check_blas_size, check_size, empty,
                               BLAS_INT_MAX)
 
@@ -491,15 +492,6 @@ cdef inline Py_ssize_t _workspace_size(const Conv2dParams* p, Py_ssize_t B) noex
     return _col_size(p, B) + ((p.K // p.groups) * B * P if B > 1 else 0)
 
 
-cdef inline void _relu_inplace(floating* y, Py_ssize_t n) noexcept nogil:
-    """y = max(y, 0) with engine.activation.relu's rule (NaN passes)."""
-    cdef Py_ssize_t i
-    cdef floating v
-    for i in range(n):
-        v = y[i]
-        y[i] = 0 if v <= 0 else v
-
-
 cdef int conv2d_im2col_forward(Conv2dParams p, const floating* x,
                                const floating* w, const floating* b,
                                floating* y) noexcept nogil:
@@ -530,7 +522,7 @@ cdef int _im2col_forward(Conv2dParams p, const floating* x,
         old = engine_ftz_enter()
         _im2col_forward_item(&p, x, w, b, y, 0, p.N, ws, ws + _col_size(&p, B), True)
         if relu:
-            _relu_inplace(y, p.N * p.K * p.OH * p.OW)
+            relu_span(y, y, p.N * p.K * p.OH * p.OW)
         engine_ftz_exit(old)
     else:
         with parallel(num_threads=nthreads):
@@ -542,7 +534,8 @@ cdef int _im2col_forward(Conv2dParams p, const floating* x,
                 _im2col_forward_item(&p, x, w, b, y, n0, nb, mine,
                                      mine + _col_size(&p, B), False)
                 if relu:    # the item's images, while they are in cache
-                    _relu_inplace(y + n0 * p.K * p.OH * p.OW, nb * p.K * p.OH * p.OW)
+                    relu_span(y + n0 * p.K * p.OH * p.OW, y + n0 * p.K * p.OH * p.OW,
+                              nb * p.K * p.OH * p.OW)
             engine_ftz_exit(old)
     free(ws)
     return ENGINE_OK
@@ -1051,8 +1044,8 @@ cdef int _direct_conv(const Conv2dParams* p, const floating* x, const floating* 
             _direct_forward_item(p, &g, x, wpk, b, y, it // p.groups, it % p.groups,
                                  ws + threadid() * per)
             if relu:
-                _relu_inplace(y + it * (p.K // p.groups) * p.OH * p.OW,
-                              (p.K // p.groups) * p.OH * p.OW)
+                relu_span(y + it * (p.K // p.groups) * p.OH * p.OW,
+                          y + it * (p.K // p.groups) * p.OH * p.OW, (p.K // p.groups) * p.OH * p.OW)
         engine_ftz_exit(old)
     free(wpk)
     free(ws)

@@ -8,6 +8,7 @@ from engine._common cimport (ENGINE_OK, ENGINE_EBADARG, ceil_div,
                              engine_ftz_enter, engine_ftz_exit)
 from engine._threads cimport engine_num_threads
 from engine.blas cimport gemm_parallel
+from engine.activation cimport relu_span
 from engine._validate import (float_array, out_array, check_blas_size, export_entries,
                               BLAS_INT_MAX)
 
@@ -100,20 +101,16 @@ def _check_linear(x, weight, bias):
 
 cdef _forward(floating[:, ::1] x, floating[:, ::1] W, floating[::1] b,
               floating[:, ::1] y, bint relu=False):
-    cdef Py_ssize_t N = x.shape[0], IN = x.shape[1], OUT = W.shape[0], i
+    cdef Py_ssize_t N = x.shape[0], IN = x.shape[1], OUT = W.shape[0]
     cdef const floating* px = &x[0, 0] if x.shape[0] * x.shape[1] else NULL
     cdef const floating* pw = &W[0, 0] if W.shape[0] * W.shape[1] else NULL
     cdef const floating* pb = &b[0] if (b is not None and b.shape[0]) else NULL
     cdef floating* py = &y[0, 0] if y.shape[0] * y.shape[1] else NULL
-    cdef floating v
     cdef int rc
     with nogil:
         rc = linear_forward(px, pw, pb, py, N, IN, OUT)
         if relu and rc == ENGINE_OK:
-            # Fused ReLU (engine.activation.relu's rule: NaN passes).
-            for i in range(N * OUT):
-                v = py[i]
-                py[i] = 0 if v <= 0 else v
+            relu_span(py, py, N * OUT)   # fused ReLU, engine.activation's rule
     if rc != ENGINE_OK:
         raise RuntimeError(f"linear_forward failed with code {rc}")
 
