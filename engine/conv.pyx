@@ -101,11 +101,11 @@ cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p, ConvPass which) noexcept
     #   3x3 128->128 b32 8x8:          fwd 61 / 52   dW 67 / 10   dx 59 / 50
     #   3x3 256->256 b32 4x4:          fwd 65 / 25   dW 37 /  4   dx 49 / 12
     #   depthwise 3x3 64ch b32 32x32:  fwd  7 / 19   dW  7 / 11   dx  5 / 14
-    # sgemm on the im2col GEMM shape ran 75-80 in the same runs. The direct
-    # forward tiles hold 16-24 vector accumulators (2 rows x 8 channels or
-    # 4 rows x 6 channels, 16 pixels each) when Kg is a multiple of 8 or 6:
-    # then direct wins if rows are >= 10 pixels (under 40% of the vector
-    # wasted). dx of a stride-1 conv is the direct forward of dy with the
+    # sgemm on the im2col GEMM shape ran 75-80 in the same runs. With
+    # AVX-512 the direct forward tiles hold 16-24 vector accumulators (2 rows
+    # x 8 channels or 4 rows x 6 channels, 16 pixels each) when Kg is a
+    # multiple of 8 or 6: then direct wins if rows are >= 10 pixels (under
+    # 40% of the vector wasted). dx of a stride-1 conv is the direct forward of dy with the
     # channel roles swapped (Cg plays Kg). Weight gradients reduce over
     # pixels, which the GEMM does better, except for depthwise / groups of
     # fewer than 4 output channels.
@@ -120,19 +120,26 @@ cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p, ConvPass which) noexcept
     # a short inner dimension run far below sgemm speed, direct loops do not.
     if Cg * p.kh * p.kw <= 32 or Kg < 8:
         return CONV_ALGO_DIRECT
-    # With 16 vector registers (AVX2) the direct tiles hold 8 accumulators
-    # and lose to im2col once the GEMM's inner dimension is long: 1 thread
-    # on Zen 3, 3x3 64->64 b32 32x32 fwd 55 / 48, dx 65 / 48 (im2col /
-    # direct GFLOPS), while 16 and 32 channels still favour direct (fwd 25 /
-    # 50 and 36 / 53) and LeNet c2 (6->16 5x5) fwd 20 / 30, dx 8 / 18.
-    if which == CONV_PASS_FORWARD and (Kg % 8 == 0 or Kg % 6 == 0) and p.OW >= 10 \
-            and (ENGINE_VREGS >= 32 or Cg * p.kh * p.kw < 512):
+    # The forward tiles (and the stride-1 grad-input, a forward of dy with
+    # Cg and Kg swapped) beat im2col once rows fill a vector: 1 thread on Zen
+    # 3 (AVX2), GFLOPS im2col / direct, 3x3 64->64 b32 32x32 54 / 73, 32->64
+    # 16x16 50 / 75, 128->128 8x8 41 / 55, but 256->256 4x4 31 / 36 with
+    # half of each vector wasted (and im2col batches those small maps). With
+    # 16 registers (AVX2) any channel count tiles (blocks of 6, then 4, 2,
+    # 1); with 32 the tiles need channels in multiples of 8 or 6.
+    if which == CONV_PASS_FORWARD and _direct_tiles_fit(Kg, p.OW):
         return CONV_ALGO_DIRECT
-    if (which == CONV_PASS_BACKWARD_INPUT and (Cg % 8 == 0 or Cg % 6 == 0)
-            and p.W >= 10 and _direct_dx_is_forward(p)
-            and (ENGINE_VREGS >= 32 or Kg * p.kh * p.kw < 512)):
+    if (which == CONV_PASS_BACKWARD_INPUT and _direct_tiles_fit(Cg, p.W)
+            and _direct_dx_is_forward(p)):
         return CONV_ALGO_DIRECT
     return CONV_ALGO_IM2COL
+
+
+cdef inline bint _direct_tiles_fit(Py_ssize_t channels, Py_ssize_t width) noexcept nogil:
+    """Whether the big forward tiles cover `channels` outputs on rows of `width`."""
+    if ENGINE_VREGS < 32:
+        return channels >= 6 and width >= 8
+    return (channels % 8 == 0 or channels % 6 == 0) and width >= 10
 
 
 cdef inline bint _direct_dx_is_forward(const Conv2dParams* p) noexcept nogil:
@@ -668,9 +675,8 @@ cdef int conv2d_im2col_backward_weight(Conv2dParams p, const floating* x,
 # zero-padded buffer whose columns are split by stride phase: padded column
 # s*sw + q is stored at [q][s], so every tap of a row of output pixels reads a
 # contiguous run whatever the stride. The micro-kernels below keep a tile of
-# RB output rows x KB output channels x VL output pixels in vector registers
-# (VL = one 64-byte vector) and run one broadcast-FMA per weight and row,
-# no bounds checks (the buffer has slack rows/columns; results that fall
+# RB output rows x KB output channels x NV vectors of output pixels in vector
+# registers and run one broadcast-FMA per weight and vector, no bounds checks (the buffer has slack rows/columns; results that fall
 # outside the output are computed and dropped).
 
 cdef extern from *:
@@ -712,33 +718,52 @@ cdef extern from *:
     #define ENGINE_VFMAV(acc, a, b) do { for (int l_ = 0; l_ < vl_; l_++) (acc).e[l_] += (a).e[l_] * (b).e[l_]; } while (0)
     #endif
 
-    /* Forward tile: out[r][k][0:VL] = sum over channels c and taps (i, j) of
-       w[(c, i, j)][k] * x[c*chan_step + r*row_step + i*dh_step + tap_off[j] + 0:VL].
-       w is packed [nch][kh][kw][KB]. */
-    #define ENGINE_CONV_FWD_TILE(NAME, T, VL, RB, KB)                            \\
+    /* Forward tile: out[r][k][v*VL + 0:VL] = sum over taps t of
+       w[t][k] * x[off[t] + r*row_step + v*VL + 0:VL], for RB output rows,
+       KB output channels and NV vectors of pixels per row. Tap t is a
+       (channel, kernel row, kernel column) triple flattened by the caller
+       into one offset table, so the loop runs ntaps = Cg*kh*kw times
+       whatever the kernel shape (a 3-trip kw loop cost ~10% in branches and
+       address arithmetic). w is packed [ntaps][KB]. Per tap the smaller
+       operand set is held in registers first: the RB*NV pixel vectors when
+       they are fewer than the KB broadcast weights, else the weights; the
+       other order spills with 16 registers (1 row x 6 channels x 2 vectors:
+       12 accumulators + 2 pixel vectors + 1 broadcast). */
+    #define ENGINE_CONV_FWD_TILE(NAME, T, VL, RB, NV, KB)                        \\
     ENGINE_FMA_ATTR static void NAME(                                           \\
-        const T* x, ptrdiff_t row_step, ptrdiff_t chan_step, ptrdiff_t nch,     \\
-        ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t dh_step, const ptrdiff_t* tap_off,\\
+        const T* x, ptrdiff_t row_step, ptrdiff_t ntaps, const ptrdiff_t* off,  \\
         const T* w, T* out)                                                     \\
     {                                                                           \\
         ENGINE_VEC(T, VL)                                                       \\
-        vec_t acc[RB][KB];                                                      \\
+        vec_t acc[RB][KB][NV];                                                  \\
         for (int r = 0; r < RB; r++)                                            \\
-            for (int k = 0; k < KB; k++) ENGINE_VZERO(acc[r][k]);               \\
-        for (ptrdiff_t c = 0; c < nch; c++)                                     \\
-            for (ptrdiff_t i = 0; i < kh; i++) {                                \\
-                const T* xr = x + c * chan_step + i * dh_step;                  \\
-                for (ptrdiff_t j = 0; j < kw; j++, w += KB) {                   \\
-                    const T* xs = xr + tap_off[j];                              \\
-                    for (int r = 0; r < RB; r++) {                              \\
-                        vec_t xv;                                               \\
-                        ENGINE_VLOAD(xv, xs + r * row_step);                    \\
-                        for (int k = 0; k < KB; k++) ENGINE_VFMA(acc[r][k], w[k], xv); \\
-                    }                                                           \\
+            for (int k = 0; k < KB; k++)                                        \\
+                for (int v = 0; v < NV; v++) ENGINE_VZERO(acc[r][k][v]);        \\
+        for (ptrdiff_t t = 0; t < ntaps; t++, w += KB) {                        \\
+            const T* xs = x + off[t];                                           \\
+            if (RB * NV <= KB) {                                                \\
+                vec_t xv[RB][NV];                                               \\
+                for (int r = 0; r < RB; r++)                                    \\
+                    for (int v = 0; v < NV; v++)                                \\
+                        ENGINE_VLOAD(xv[r][v], xs + r * row_step + v * VL);     \\
+                for (int k = 0; k < KB; k++) {                                  \\
+                    T wk = w[k];                                                \\
+                    for (int r = 0; r < RB; r++)                                \\
+                        for (int v = 0; v < NV; v++) ENGINE_VFMA(acc[r][k][v], wk, xv[r][v]); \\
                 }                                                               \\
+            } else {                                                            \\
+                for (int r = 0; r < RB; r++)                                    \\
+                    for (int v = 0; v < NV; v++) {                              \\
+                        vec_t xv;                                               \\
+                        ENGINE_VLOAD(xv, xs + r * row_step + v * VL);           \\
+                        for (int k = 0; k < KB; k++) ENGINE_VFMA(acc[r][k][v], w[k], xv); \\
+                    }                                                           \\
             }                                                                   \\
+        }                                                                       \\
         for (int r = 0; r < RB; r++)                                            \\
-            for (int k = 0; k < KB; k++) ENGINE_VSTORE(out + (r * KB + k) * VL, acc[r][k]); \\
+            for (int k = 0; k < KB; k++)                                        \\
+                for (int v = 0; v < NV; v++)                                    \\
+                    ENGINE_VSTORE(out + ((r * KB + k) * NV + v) * VL, acc[r][k][v]); \\
     }
 
     /* Weight-gradient tile: out[k][t][0:VL] = lane-wise sum over rows and
@@ -773,24 +798,74 @@ cdef extern from *:
             for (int t = 0; t < TB; t++) ENGINE_VSTORE(out + (k * TB + t) * VL, acc[k][t]); \\
     }
 
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r2k8, float, ENGINE_VL_F32, 2, 8)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r2k8, double, ENGINE_VL_F64, 2, 8)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r4k6, float, ENGINE_VL_F32, 4, 6)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r4k6, double, ENGINE_VL_F64, 4, 6)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r2k4, float, ENGINE_VL_F32, 2, 4)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r4k2, float, ENGINE_VL_F32, 4, 2)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r8k1, float, ENGINE_VL_F32, 8, 1)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r2k4, double, ENGINE_VL_F64, 2, 4)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r4k2, double, ENGINE_VL_F64, 4, 2)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r8k1, double, ENGINE_VL_F64, 8, 1)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r2k6, float, ENGINE_VL_F32, 2, 6)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r2k6, double, ENGINE_VL_F64, 2, 6)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r3k4, float, ENGINE_VL_F32, 3, 4)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r3k4, double, ENGINE_VL_F64, 3, 4)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r6k2, float, ENGINE_VL_F32, 6, 2)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r5k2, float, ENGINE_VL_F32, 5, 2)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r5k2, double, ENGINE_VL_F64, 5, 2)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r6k2, double, ENGINE_VL_F64, 6, 2)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r1v2k6, float, ENGINE_VL_F32, 1, 2, 6)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r1v2k4, float, ENGINE_VL_F32, 1, 2, 4)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r1v2k2, float, ENGINE_VL_F32, 1, 2, 2)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r1v2k1, float, ENGINE_VL_F32, 1, 2, 1)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r2v1k6, float, ENGINE_VL_F32, 2, 1, 6)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r2v1k4, float, ENGINE_VL_F32, 2, 1, 4)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r2v1k2, float, ENGINE_VL_F32, 2, 1, 2)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r2v1k1, float, ENGINE_VL_F32, 2, 1, 1)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r4v1k2, float, ENGINE_VL_F32, 4, 1, 2)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r5v1k2, float, ENGINE_VL_F32, 5, 1, 2)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r6v1k2, float, ENGINE_VL_F32, 6, 1, 2)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r8v1k1, float, ENGINE_VL_F32, 8, 1, 1)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r2v1k8, float, ENGINE_VL_F32, 2, 1, 8)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r4v1k6, float, ENGINE_VL_F32, 4, 1, 6)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r1v2k6, double, ENGINE_VL_F64, 1, 2, 6)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r1v2k4, double, ENGINE_VL_F64, 1, 2, 4)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r1v2k2, double, ENGINE_VL_F64, 1, 2, 2)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r1v2k1, double, ENGINE_VL_F64, 1, 2, 1)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r2v1k6, double, ENGINE_VL_F64, 2, 1, 6)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r2v1k4, double, ENGINE_VL_F64, 2, 1, 4)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r2v1k2, double, ENGINE_VL_F64, 2, 1, 2)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r2v1k1, double, ENGINE_VL_F64, 2, 1, 1)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r4v1k2, double, ENGINE_VL_F64, 4, 1, 2)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r5v1k2, double, ENGINE_VL_F64, 5, 1, 2)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r6v1k2, double, ENGINE_VL_F64, 6, 1, 2)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r8v1k1, double, ENGINE_VL_F64, 8, 1, 1)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r2v1k8, double, ENGINE_VL_F64, 2, 1, 8)
+    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r4v1k6, double, ENGINE_VL_F64, 4, 1, 6)
+    typedef void (*engine_conv_fwd_f32_fn)(const float*, ptrdiff_t, ptrdiff_t, const ptrdiff_t*, const float*, float*);
+    /* The tile kernel for (RB, NV, KB), NULL where none is built. */
+    static engine_conv_fwd_f32_fn engine_conv_fwd_f32_get(ptrdiff_t rb, ptrdiff_t nv, ptrdiff_t kb)
+    {
+        if (rb == 1 && nv == 2 && kb == 6) return engine_conv_fwd_f32_r1v2k6;
+        if (rb == 1 && nv == 2 && kb == 4) return engine_conv_fwd_f32_r1v2k4;
+        if (rb == 1 && nv == 2 && kb == 2) return engine_conv_fwd_f32_r1v2k2;
+        if (rb == 1 && nv == 2 && kb == 1) return engine_conv_fwd_f32_r1v2k1;
+        if (rb == 2 && nv == 1 && kb == 6) return engine_conv_fwd_f32_r2v1k6;
+        if (rb == 2 && nv == 1 && kb == 4) return engine_conv_fwd_f32_r2v1k4;
+        if (rb == 2 && nv == 1 && kb == 2) return engine_conv_fwd_f32_r2v1k2;
+        if (rb == 2 && nv == 1 && kb == 1) return engine_conv_fwd_f32_r2v1k1;
+        if (rb == 4 && nv == 1 && kb == 2) return engine_conv_fwd_f32_r4v1k2;
+        if (rb == 5 && nv == 1 && kb == 2) return engine_conv_fwd_f32_r5v1k2;
+        if (rb == 6 && nv == 1 && kb == 2) return engine_conv_fwd_f32_r6v1k2;
+        if (rb == 8 && nv == 1 && kb == 1) return engine_conv_fwd_f32_r8v1k1;
+        if (rb == 2 && nv == 1 && kb == 8) return engine_conv_fwd_f32_r2v1k8;
+        if (rb == 4 && nv == 1 && kb == 6) return engine_conv_fwd_f32_r4v1k6;
+        return NULL;
+    }
+    typedef void (*engine_conv_fwd_f64_fn)(const double*, ptrdiff_t, ptrdiff_t, const ptrdiff_t*, const double*, double*);
+    /* The tile kernel for (RB, NV, KB), NULL where none is built. */
+    static engine_conv_fwd_f64_fn engine_conv_fwd_f64_get(ptrdiff_t rb, ptrdiff_t nv, ptrdiff_t kb)
+    {
+        if (rb == 1 && nv == 2 && kb == 6) return engine_conv_fwd_f64_r1v2k6;
+        if (rb == 1 && nv == 2 && kb == 4) return engine_conv_fwd_f64_r1v2k4;
+        if (rb == 1 && nv == 2 && kb == 2) return engine_conv_fwd_f64_r1v2k2;
+        if (rb == 1 && nv == 2 && kb == 1) return engine_conv_fwd_f64_r1v2k1;
+        if (rb == 2 && nv == 1 && kb == 6) return engine_conv_fwd_f64_r2v1k6;
+        if (rb == 2 && nv == 1 && kb == 4) return engine_conv_fwd_f64_r2v1k4;
+        if (rb == 2 && nv == 1 && kb == 2) return engine_conv_fwd_f64_r2v1k2;
+        if (rb == 2 && nv == 1 && kb == 1) return engine_conv_fwd_f64_r2v1k1;
+        if (rb == 4 && nv == 1 && kb == 2) return engine_conv_fwd_f64_r4v1k2;
+        if (rb == 5 && nv == 1 && kb == 2) return engine_conv_fwd_f64_r5v1k2;
+        if (rb == 6 && nv == 1 && kb == 2) return engine_conv_fwd_f64_r6v1k2;
+        if (rb == 8 && nv == 1 && kb == 1) return engine_conv_fwd_f64_r8v1k1;
+        if (rb == 2 && nv == 1 && kb == 8) return engine_conv_fwd_f64_r2v1k8;
+        if (rb == 4 && nv == 1 && kb == 6) return engine_conv_fwd_f64_r4v1k6;
+        return NULL;
+    }
     ENGINE_CONV_DW_TILE(engine_conv_dw_f32_k4t2, float, ENGINE_VL_F32, 4, 2)
     ENGINE_CONV_DW_TILE(engine_conv_dw_f32_k1t8, float, ENGINE_VL_F32, 1, 8)
     ENGINE_CONV_DW_TILE(engine_conv_dw_f64_k4t2, double, ENGINE_VL_F64, 4, 2)
@@ -799,24 +874,10 @@ cdef extern from *:
     enum: ENGINE_VL_F32
     enum: ENGINE_VL_F64
     enum: ENGINE_VREGS
-    void engine_conv_fwd_f32_r2k8(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
-    void engine_conv_fwd_f32_r2k6(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
-    void engine_conv_fwd_f64_r2k6(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
-    void engine_conv_fwd_f32_r3k4(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
-    void engine_conv_fwd_f64_r3k4(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
-    void engine_conv_fwd_f32_r6k2(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
-    void engine_conv_fwd_f32_r5k2(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
-    void engine_conv_fwd_f64_r5k2(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
-    void engine_conv_fwd_f64_r6k2(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
-    void engine_conv_fwd_f64_r2k8(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
-    void engine_conv_fwd_f32_r4k6(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
-    void engine_conv_fwd_f64_r4k6(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
-    void engine_conv_fwd_f32_r2k4(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
-    void engine_conv_fwd_f32_r4k2(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
-    void engine_conv_fwd_f32_r8k1(const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
-    void engine_conv_fwd_f64_r2k4(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
-    void engine_conv_fwd_f64_r4k2(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
-    void engine_conv_fwd_f64_r8k1(const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
+    ctypedef void (*engine_conv_fwd_f32_fn)(const float*, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
+    ctypedef void (*engine_conv_fwd_f64_fn)(const double*, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
+    engine_conv_fwd_f32_fn engine_conv_fwd_f32_get(Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept nogil
+    engine_conv_fwd_f64_fn engine_conv_fwd_f64_get(Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept nogil
     void engine_conv_dw_f32_k4t2(const float*, Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, float*) noexcept nogil
     void engine_conv_dw_f32_k1t8(const float*, Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, float*) noexcept nogil
     void engine_conv_dw_f64_k4t2(const double*, Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, double*) noexcept nogil
@@ -824,7 +885,7 @@ cdef extern from *:
 
 
 cdef enum:
-    _TILE_MAX = 24 * 16      # RB * KB * VL elements of the largest tile
+    _TILE_MAX = 24 * 16      # RB * KB * NV * VL elements of the largest tile
     _MAX_TAPS_ROW = 64      # kw limit of the direct path (else im2col)
 
 
@@ -838,8 +899,8 @@ cdef inline Py_ssize_t _vl(floating* dummy) noexcept nogil:
 
 cdef struct DirectGeom:
     # Layout of one (image, group) padded input buffer and the tiling.
-    Py_ssize_t RB, KB          # forward tile: output rows x output channels
-    Py_ssize_t nkb             # channel blocks per group
+    Py_ssize_t RB, NV, KB      # forward tile: output rows x vectors per row x channels
+    Py_ssize_t TW              # NV * VL: output pixels per tile row
     Py_ssize_t Hp, Wp          # rows / columns the taps reach
     Py_ssize_t Wq              # columns per stride phase (with slack)
     Py_ssize_t rowlen          # sw * Wq: elements per padded row
@@ -848,24 +909,35 @@ cdef struct DirectGeom:
     Py_ssize_t tap_off[_MAX_TAPS_ROW]   # tap j: phase (j*dw) % sw, shift (j*dw) // sw
 
 
+cdef inline Py_ssize_t _cols_computed(Py_ssize_t OW, Py_ssize_t tw) noexcept nogil:
+    return ceil_div(OW, tw) * tw
+
+
 cdef void _direct_geom(const Conv2dParams* p, Py_ssize_t vl, DirectGeom* g) noexcept nogil:
     cdef Py_ssize_t Kg = p.K // p.groups, j, q
-    # Tiles of 16 accumulators where the channels allow (VGG 3x3 64->64
-    # forward, 1 thread: 2x8 tile ~95 GFLOPS, 2x4 ~70, 4x4 ~68, while sgemm
-    # on the same machine ran 75-80 on the im2col GEMM shape).
+    g.NV = 1
     if ENGINE_VREGS < 32:
-        # 16 vector registers (AVX2): RB*KB accumulators + KB broadcast
-        # weights + the pixel vector must fit, or GCC spills every FMA. 1
-        # thread on Zen 3, GFLOPS of r2k8 / r3k4 / r2k4 / r6k2 / r4k2:
-        #   LeNet c2 b64 6->16 5x5 14x14: 29 / 20 / 33 / 28 / 27
-        #   3x3 32->64 b8 16x16:          47 / 35 / 55 / 46 / 51
-        #   LeNet c1 b64 1->6 5x5 28x28 (r2k6 / r6k2 / r4k2 / r8k1): 25 / 31 / 31 / 26
-        # With KB = 2 the row count of the tile (4-6, 8-12 accumulators) is
-        # the one that wastes the fewest rows of this output (LeNet c1: 28
-        # rows in 7 tiles of 4, not 5 of 6; c2's grad-input: 14 in 3 of 5).
-        if Kg % 4 == 0:
+        # 16 vector registers (AVX2): 12 accumulators (6 channels x 2
+        # vectors) + the 2 pixel vectors + 1 broadcast weight. 1 thread on
+        # Zen 3, GFLOPS of the tile loop of 1 row x 6 ch x 2 vec / 2 rows x
+        # 6 ch x 1 vec / the former 2 rows x 4 ch x 1 vec:
+        #   3x3 64->64 32x32: 82 / 82 / 51     3x3 32->64 16x16: 94 / 88 / -
+        #   3x3 128->128 8x8: 47 / 93 / -      LeNet c1 1->6 5x5 28x28: 57 / 43 / 31
+        # (sgemm ~84). Channels beyond the last block of 6 go in blocks of
+        # 4, 2, 1 with the same rows x vectors. The 16-pixel row is used
+        # unless 2 rows of 8 pixels compute fewer wasted outputs.
+        if Kg >= 6:
+            g.KB = 6
+            if (_cols_computed(p.OW, 2 * vl) * p.OH
+                    <= _cols_computed(p.OW, vl) * ceil_div(p.OH, 2) * 2):
+                g.RB, g.NV = 1, 2
+            else:
+                g.RB = 2
+        elif Kg % 4 == 0:
             g.RB, g.KB = 2, 4
         elif Kg % 2 == 0:
+            # With KB = 2 the row count of the tile (4-6, 8-12 accumulators)
+            # is the one that wastes the fewest rows of this output.
             g.RB, g.KB = 6, 2
             if ceil_div(p.OH, 5) * 5 < ceil_div(p.OH, g.RB) * g.RB:
                 g.RB = 5
@@ -873,6 +945,9 @@ cdef void _direct_geom(const Conv2dParams* p, Py_ssize_t vl, DirectGeom* g) noex
                 g.RB = 4
         else:
             g.RB, g.KB = 8, 1
+    # 32 registers (AVX-512): tiles of 16 accumulators where the channels
+    # allow (VGG 3x3 64->64 forward on Zen 4, 1 thread: 2x8 tile ~95 GFLOPS,
+    # 2x4 ~70, while sgemm ran 75-80 on the im2col GEMM shape).
     elif Kg % 8 == 0:
         g.RB, g.KB = 2, 8
     elif Kg % 6 == 0:
@@ -883,16 +958,23 @@ cdef void _direct_geom(const Conv2dParams* p, Py_ssize_t vl, DirectGeom* g) noex
         g.RB, g.KB = 4, 2
     else:
         g.RB, g.KB = 8, 1
-    g.nkb = Kg // g.KB
+    g.TW = g.NV * vl
     g.Hp = (p.OH - 1) * p.sh + (p.kh - 1) * p.dh + 1
     g.Wp = (p.OW - 1) * p.sw + (p.kw - 1) * p.dw + 1
-    g.Wq = p.OW + ((p.kw - 1) * p.dw) // p.sw + vl
+    g.Wq = p.OW + ((p.kw - 1) * p.dw) // p.sw + g.TW
     g.rowlen = p.sw * g.Wq
     g.rows = g.Hp + (g.RB - 1) * p.sh
     g.chan = g.rows * g.rowlen
     for j in range(p.kw):
         q = (j * p.dw) % p.sw
         g.tap_off[j] = q * g.Wq + (j * p.dw) // p.sw
+
+
+cdef inline Py_ssize_t _block_channels(const DirectGeom* g, Py_ssize_t left) noexcept nogil:
+    """Output channels of the next forward block when `left` remain."""
+    if left >= g.KB:
+        return g.KB
+    return 4 if left >= 4 else (2 if left >= 2 else 1)
 
 
 cdef void _pad_phases(const Conv2dParams* p, const DirectGeom* g,
@@ -924,129 +1006,128 @@ cdef void _pad_phases(const Conv2dParams* p, const DirectGeom* g,
 
 cdef void _pack_weights(const Conv2dParams* p, const DirectGeom* g,
                         const floating* w, floating* wpk) noexcept nogil:
-    """wpk[grp][kb][c][i][j][KB] = w[grp*Kg + kb*KB + k, c, i, j]."""
+    """Per block of kb channels from k0: wpk[k0*R + t*kb + k] = w[k0 + k, t]
+    (t the flattened (c, i, j) tap; k0 counts across groups)."""
     cdef Py_ssize_t Kg = p.K // p.groups, R = (p.C // p.groups) * p.kh * p.kw
-    cdef Py_ssize_t grp, kb, t, k
+    cdef Py_ssize_t grp, k0, kb, t, k
     cdef floating* dst
     for grp in range(p.groups):
-        for kb in range(g.nkb):
-            dst = wpk + (grp * g.nkb + kb) * R * g.KB
+        k0 = grp * Kg
+        while k0 < (grp + 1) * Kg:
+            kb = _block_channels(g, (grp + 1) * Kg - k0)
+            dst = wpk + k0 * R
             for t in range(R):
-                for k in range(g.KB):
-                    dst[t * g.KB + k] = w[(grp * Kg + kb * g.KB + k) * R + t]
+                for k in range(kb):
+                    dst[t * kb + k] = w[(k0 + k) * R + t]
+            k0 += kb
 
 
-cdef void _fwd_tile(const DirectGeom* g, const floating* x, Py_ssize_t row_step,
-                    Py_ssize_t nch, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t dh_step,
-                    const floating* w, floating* out) noexcept nogil:
+cdef bint _tiles_built(const DirectGeom* g, Py_ssize_t Kg, floating* dummy) noexcept nogil:
+    """Whether a tile kernel exists for every channel block of a group."""
+    cdef Py_ssize_t k0 = 0, kb
+    while k0 < Kg:
+        kb = _block_channels(g, Kg - k0)
+        if floating is float:
+            if engine_conv_fwd_f32_get(g.RB, g.NV, kb) == NULL:
+                return False
+        else:
+            if engine_conv_fwd_f64_get(g.RB, g.NV, kb) == NULL:
+                return False
+        k0 += kb
+    return True
+
+
+cdef inline void _fwd_tile(const DirectGeom* g, Py_ssize_t kb, const floating* x,
+                           Py_ssize_t row_step, Py_ssize_t ntaps, const Py_ssize_t* off,
+                           const floating* w, floating* out) noexcept nogil:
     if floating is float:
-        if g.KB == 8:
-            engine_conv_fwd_f32_r2k8(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
-        elif g.KB == 6 and g.RB == 2:
-            engine_conv_fwd_f32_r2k6(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
-        elif g.KB == 6:
-            engine_conv_fwd_f32_r4k6(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
-        elif g.KB == 4 and g.RB == 3:
-            engine_conv_fwd_f32_r3k4(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
-        elif g.KB == 4:
-            engine_conv_fwd_f32_r2k4(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
-        elif g.KB == 2 and g.RB == 6:
-            engine_conv_fwd_f32_r6k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
-        elif g.KB == 2 and g.RB == 5:
-            engine_conv_fwd_f32_r5k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
-        elif g.KB == 2:
-            engine_conv_fwd_f32_r4k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
-        else:
-            engine_conv_fwd_f32_r8k1(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        engine_conv_fwd_f32_get(g.RB, g.NV, kb)(x, row_step, ntaps, off, w, out)
     else:
-        if g.KB == 8:
-            engine_conv_fwd_f64_r2k8(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
-        elif g.KB == 6 and g.RB == 2:
-            engine_conv_fwd_f64_r2k6(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
-        elif g.KB == 6:
-            engine_conv_fwd_f64_r4k6(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
-        elif g.KB == 4 and g.RB == 3:
-            engine_conv_fwd_f64_r3k4(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
-        elif g.KB == 4:
-            engine_conv_fwd_f64_r2k4(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
-        elif g.KB == 2 and g.RB == 6:
-            engine_conv_fwd_f64_r6k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
-        elif g.KB == 2 and g.RB == 5:
-            engine_conv_fwd_f64_r5k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
-        elif g.KB == 2:
-            engine_conv_fwd_f64_r4k2(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
-        else:
-            engine_conv_fwd_f64_r8k1(x, row_step, g.chan, nch, kh, kw, dh_step, g.tap_off, w, out)
+        engine_conv_fwd_f64_get(g.RB, g.NV, kb)(x, row_step, ntaps, off, w, out)
 
 
 cdef void _direct_forward_item(const Conv2dParams* p, const DirectGeom* g,
                                const floating* x, const floating* wpk,
-                               const floating* bias, floating* y,
-                               Py_ssize_t n, Py_ssize_t grp,
+                               const Py_ssize_t* off, const floating* bias,
+                               floating* y, Py_ssize_t n, Py_ssize_t grp,
                                floating* xq) noexcept nogil:
     cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
-    cdef Py_ssize_t R = Cg * p.kh * p.kw, vl = _vl(xq)
-    cdef Py_ssize_t kb, oh0, ow0, r, k, t, nr, nt, kk
+    cdef Py_ssize_t R = Cg * p.kh * p.kw
+    cdef Py_ssize_t k0, kb, oh0, ow0, r, k, t, nr, nt
     cdef floating tile[_TILE_MAX]
     cdef floating bk
     cdef floating* yr
     cdef const floating* src
     _pad_phases(p, g, x + (n * p.C + grp * Cg) * p.H * p.W, Cg, xq)
-    for kb in range(g.nkb):
-        oh0 = 0
-        while oh0 < p.OH:
-            nr = min(g.RB, p.OH - oh0)
+    # Row bands outside, channel blocks inside: a band's padded input rows
+    # and all the packed weights stay in L2 (a 64-channel 32x32 padded image
+    # alone nearly fills it).
+    oh0 = 0
+    while oh0 < p.OH:
+        nr = min(g.RB, p.OH - oh0)
+        k0 = grp * Kg
+        while k0 < (grp + 1) * Kg:
+            kb = _block_channels(g, (grp + 1) * Kg - k0)
             ow0 = 0
             while ow0 < p.OW:
-                nt = min(vl, p.OW - ow0)
-                _fwd_tile(g, xq + oh0 * p.sh * g.rowlen + ow0, p.sh * g.rowlen,
-                          Cg, p.kh, p.kw, p.dh * g.rowlen,
-                          wpk + (grp * g.nkb + kb) * R * g.KB, tile)
-                for k in range(g.KB):
-                    kk = grp * Kg + kb * g.KB + k
-                    bk = bias[kk] if bias != NULL else 0
+                nt = min(g.TW, p.OW - ow0)
+                _fwd_tile(g, kb, xq + oh0 * p.sh * g.rowlen + ow0, p.sh * g.rowlen,
+                          R, off, wpk + k0 * R, tile)
+                for k in range(kb):
+                    bk = bias[k0 + k] if bias != NULL else 0
                     for r in range(nr):
-                        yr = y + ((n * p.K + kk) * p.OH + oh0 + r) * p.OW + ow0
-                        src = tile + (r * g.KB + k) * vl
+                        yr = y + ((n * p.K + k0 + k) * p.OH + oh0 + r) * p.OW + ow0
+                        src = tile + (r * kb + k) * g.TW
                         for t in range(nt):
                             yr[t] = src[t] + bk
-                ow0 += vl
-            oh0 += g.RB
+                ow0 += g.TW
+            k0 += kb
+        oh0 += g.RB
 
 
 cdef int _direct_conv(const Conv2dParams* p, const floating* x, const floating* w,
                       const floating* b, floating* y, bint relu=False) noexcept nogil:
     """y = direct conv(x, w) + b for already checked parameters."""
     cdef DirectGeom g
-    cdef Py_ssize_t vl = _vl(y), it
+    cdef Py_ssize_t vl = _vl(y), it, c, i, j
     cdef Py_ssize_t Cg = p.C // p.groups, R = Cg * p.kh * p.kw
     cdef Py_ssize_t items = p.N * p.groups, per
     cdef int nthreads = _team(p.N * p.groups, _conv_flops(p))
     cdef floating* ws
     cdef floating* wpk
+    cdef Py_ssize_t* off
     cdef unsigned int old
     if p.kw > _MAX_TAPS_ROW:
         return ENGINE_EBADARG
     _direct_geom(p, vl, &g)
+    if not _tiles_built(&g, p.K // p.groups, y):
+        return ENGINE_EBADARG
     per = Cg * g.chan
     if items < nthreads:
         nthreads = <int>items
     ws = <floating*>malloc(nthreads * per * sizeof(floating))
     wpk = <floating*>malloc(p.K * R * sizeof(floating))
-    if ws == NULL or wpk == NULL:
+    off = <Py_ssize_t*>malloc(R * sizeof(Py_ssize_t))
+    if ws == NULL or wpk == NULL or off == NULL:
         free(ws)
         free(wpk)
+        free(off)
         return ENGINE_ENOMEM
     _pack_weights(p, &g, w, wpk)
+    for c in range(Cg):
+        for i in range(p.kh):
+            for j in range(p.kw):
+                off[(c * p.kh + i) * p.kw + j] = c * g.chan + i * p.dh * g.rowlen + g.tap_off[j]
     with parallel(num_threads=nthreads):
         old = engine_ftz_enter()
         for it in prange(items, schedule='static'):
-            _direct_forward_item(p, &g, x, wpk, b, y, it // p.groups, it % p.groups,
+            _direct_forward_item(p, &g, x, wpk, off, b, y, it // p.groups, it % p.groups,
                                  ws + threadid() * per)
             if relu:
                 relu_span(y + it * (p.K // p.groups) * p.OH * p.OW,
                           y + it * (p.K // p.groups) * p.OH * p.OW, (p.K // p.groups) * p.OH * p.OW)
         engine_ftz_exit(old)
+    free(off)
     free(wpk)
     free(ws)
     return ENGINE_OK

@@ -28,6 +28,10 @@ CONFIGS = [
     ((3, 1, 12, 12), (6, 1, 5, 5), 1, 2, 1, 1),          # first layer, 1 channel
     ((2, 6, 8, 19), (12, 6, 3, 3), 1, 1, 1, 1),          # 6-channel tiles, 2 pixel vectors
     ((2, 16, 5, 18), (16, 16, 3, 5), 1, (1, 2), 1, 1),   # 8-channel tiles
+    ((2, 5, 9, 8), (11, 5, 3, 3), 1, 1, 1, 1),           # blocks of 6+4+1 channels, 8-pixel rows
+    ((1, 9, 6, 21), (9, 9, 3, 3), 1, 1, 1, 1),           # blocks of 6+2+1, dx's 9 channels too
+    ((2, 14, 7, 7), (14, 7, 3, 3), 1, 1, 1, 2),          # 6+1 per group
+    ((2, 3, 11, 17), (13, 3, 3, 3), 2, 1, 1, 1),         # 6+6+1, strided
 ]
 IDS = [f"x{c[0]}-w{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}".replace(" ", "") for c in CONFIGS]
 ALGOS = ["im2col", "direct"]
@@ -277,11 +281,17 @@ def test_auto_heuristic(which):
     assert first == ("im2col" if which == "backward_weight" else "direct")
     # 1x1 stride 1: a plain GEMM; weight gradients of wide layers: GEMM.
     assert pick((8, 64, 8, 8), (128, 64, 1, 1)) == "im2col"
-    # Large 3x3 layers: direct forward / grad-input with AVX-512's 32
-    # registers; with 16 (AVX2) the 8-accumulator tiles lose to im2col.
+    # Large 3x3 layers: direct forward / grad-input (the tiles need channels
+    # in multiples of 8 or 6 with AVX-512's 32 registers, any count >= 6 with
+    # AVX2's 16), im2col for the weight gradient.
     vgg = pick((32, 64, 32, 32), (64, 64, 3, 3), padding=1)
+    assert vgg == ("im2col" if which == "backward_weight" else "direct")
+    odd = pick((32, 64, 32, 32), (70, 64, 3, 3), padding=1)
     wide = kconv.simd_info()["registers"] >= 32
-    assert vgg == ("direct" if wide and which != "backward_weight" else "im2col")
+    want = {"forward": "im2col" if wide else "direct",     # 70 output channels
+            "backward_input": "direct",                      # 64 input channels
+            "backward_weight": "im2col"}
+    assert odd == want[which]
     mid = pick((32, 32, 16, 16), (32, 32, 3, 3), padding=1)
     assert mid == ("im2col" if which == "backward_weight" else "direct")
     assert pick((32, 256, 4, 4), (256, 256, 3, 3), padding=1) == "im2col"
