@@ -7,7 +7,7 @@ arguments and call the C-level entries without the GIL.
 import numpy as np
 from cython cimport floating
 from cython.parallel cimport prange, parallel, threadid
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy, memmove
 
 from engine._common cimport (ENGINE_OK, ENGINE_EBADARG, ENGINE_ENOMEM,
@@ -115,7 +115,13 @@ cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p, ConvPass which) noexcept
     if _is_pointwise(p):
         return CONV_ALGO_IM2COL          # a plain GEMM on the input planes
     if which == CONV_PASS_BACKWARD_WEIGHT:
-        return CONV_ALGO_DIRECT if Kg < 4 else CONV_ALGO_IM2COL
+        # The GEMM over pixels wins unless its rows are few (Kg) or short
+        # (Cg*kh*kw): 1 thread on Zen 3, GFLOPS im2col / direct, LeNet c1
+        # (1->6 5x5) 15 / 31, 3->16 3x3 32x32 27 / 35, but 16->16 3x3 42 / 46,
+        # LeNet c2 (6->16 5x5) 29 / 23 and 3x3 64->64 32x32 69 / 46.
+        if Kg < 4 or Cg * p.kh * p.kw <= 32:
+            return CONV_ALGO_DIRECT
+        return CONV_ALGO_IM2COL
     # Depthwise / narrow groups / 1-3 input channels: GEMMs of a few rows or
     # a short inner dimension run far below sgemm speed, direct loops do not.
     if Cg * p.kh * p.kw <= 32 or Kg < 8:
@@ -707,6 +713,7 @@ cdef extern from *:
     #define ENGINE_VLOAD(v, p) __builtin_memcpy(&(v), (p), sizeof(vec_t))
     #define ENGINE_VSTORE(p, v) __builtin_memcpy((p), &(v), sizeof(vec_t))
     #define ENGINE_VFMA(acc, s, v) acc += (s) * (v)
+    #define ENGINE_VADDS(v, s) v += (s)
     #define ENGINE_VFMAV(acc, a, b) acc += (a) * (b)
     #else  /* plain C: arrays of VL lanes (the compiler may still vectorise) */
     #define ENGINE_FMA_ATTR
@@ -715,6 +722,7 @@ cdef extern from *:
     #define ENGINE_VLOAD(v, p) do { for (int l_ = 0; l_ < vl_; l_++) (v).e[l_] = (p)[l_]; } while (0)
     #define ENGINE_VSTORE(p, v) do { for (int l_ = 0; l_ < vl_; l_++) (p)[l_] = (v).e[l_]; } while (0)
     #define ENGINE_VFMA(acc, s, v) do { for (int l_ = 0; l_ < vl_; l_++) (acc).e[l_] += (s) * (v).e[l_]; } while (0)
+    #define ENGINE_VADDS(v, s) do { for (int l_ = 0; l_ < vl_; l_++) (v).e[l_] += (s); } while (0)
     #define ENGINE_VFMAV(acc, a, b) do { for (int l_ = 0; l_ < vl_; l_++) (acc).e[l_] += (a).e[l_] * (b).e[l_]; } while (0)
     #endif
 
@@ -732,7 +740,7 @@ cdef extern from *:
     #define ENGINE_CONV_FWD_TILE(NAME, T, VL, RB, NV, KB)                        \\
     ENGINE_FMA_ATTR static void NAME(                                           \\
         const T* x, ptrdiff_t row_step, ptrdiff_t ntaps, const ptrdiff_t* off,  \\
-        const T* w, T* out)                                                     \\
+        const T* w, const T* bias, T* y, ptrdiff_t y_row, ptrdiff_t y_chan)     \\
     {                                                                           \\
         ENGINE_VEC(T, VL)                                                       \\
         vec_t acc[RB][KB][NV];                                                  \\
@@ -760,10 +768,12 @@ cdef extern from *:
                     }                                                           \\
             }                                                                   \\
         }                                                                       \\
-        for (int r = 0; r < RB; r++)                                            \\
-            for (int k = 0; k < KB; k++)                                        \\
-                for (int v = 0; v < NV; v++)                                    \\
-                    ENGINE_VSTORE(out + ((r * KB + k) * NV + v) * VL, acc[r][k][v]); \\
+        for (int k = 0; k < KB; k++)                                            \\
+            for (int r = 0; r < RB; r++)                                        \\
+                for (int v = 0; v < NV; v++) {                                  \\
+                    ENGINE_VADDS(acc[r][k][v], bias[k]);                        \\
+                    ENGINE_VSTORE(y + k * y_chan + r * y_row + v * VL, acc[r][k][v]); \\
+                }                                                               \\
     }
 
     /* Weight-gradient tile: out[k][t][0:VL] = lane-wise sum over rows and
@@ -826,7 +836,7 @@ cdef extern from *:
     ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r8v1k1, double, ENGINE_VL_F64, 8, 1, 1)
     ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r2v1k8, double, ENGINE_VL_F64, 2, 1, 8)
     ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r4v1k6, double, ENGINE_VL_F64, 4, 1, 6)
-    typedef void (*engine_conv_fwd_f32_fn)(const float*, ptrdiff_t, ptrdiff_t, const ptrdiff_t*, const float*, float*);
+    typedef void (*engine_conv_fwd_f32_fn)(const float*, ptrdiff_t, ptrdiff_t, const ptrdiff_t*, const float*, const float*, float*, ptrdiff_t, ptrdiff_t);
     /* The tile kernel for (RB, NV, KB), NULL where none is built. */
     static engine_conv_fwd_f32_fn engine_conv_fwd_f32_get(ptrdiff_t rb, ptrdiff_t nv, ptrdiff_t kb)
     {
@@ -846,7 +856,7 @@ cdef extern from *:
         if (rb == 4 && nv == 1 && kb == 6) return engine_conv_fwd_f32_r4v1k6;
         return NULL;
     }
-    typedef void (*engine_conv_fwd_f64_fn)(const double*, ptrdiff_t, ptrdiff_t, const ptrdiff_t*, const double*, double*);
+    typedef void (*engine_conv_fwd_f64_fn)(const double*, ptrdiff_t, ptrdiff_t, const ptrdiff_t*, const double*, const double*, double*, ptrdiff_t, ptrdiff_t);
     /* The tile kernel for (RB, NV, KB), NULL where none is built. */
     static engine_conv_fwd_f64_fn engine_conv_fwd_f64_get(ptrdiff_t rb, ptrdiff_t nv, ptrdiff_t kb)
     {
@@ -866,21 +876,21 @@ cdef extern from *:
         if (rb == 4 && nv == 1 && kb == 6) return engine_conv_fwd_f64_r4v1k6;
         return NULL;
     }
-    ENGINE_CONV_DW_TILE(engine_conv_dw_f32_k4t2, float, ENGINE_VL_F32, 4, 2)
+    ENGINE_CONV_DW_TILE(engine_conv_dw_f32_k2t6, float, ENGINE_VL_F32, 2, 6)
     ENGINE_CONV_DW_TILE(engine_conv_dw_f32_k1t8, float, ENGINE_VL_F32, 1, 8)
-    ENGINE_CONV_DW_TILE(engine_conv_dw_f64_k4t2, double, ENGINE_VL_F64, 4, 2)
+    ENGINE_CONV_DW_TILE(engine_conv_dw_f64_k2t6, double, ENGINE_VL_F64, 2, 6)
     ENGINE_CONV_DW_TILE(engine_conv_dw_f64_k1t8, double, ENGINE_VL_F64, 1, 8)
     """
     enum: ENGINE_VL_F32
     enum: ENGINE_VL_F64
     enum: ENGINE_VREGS
-    ctypedef void (*engine_conv_fwd_f32_fn)(const float*, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, float*) noexcept nogil
-    ctypedef void (*engine_conv_fwd_f64_fn)(const double*, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, double*) noexcept nogil
+    ctypedef void (*engine_conv_fwd_f32_fn)(const float*, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const float*, const float*, float*, Py_ssize_t, Py_ssize_t) noexcept nogil
+    ctypedef void (*engine_conv_fwd_f64_fn)(const double*, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, const double*, double*, Py_ssize_t, Py_ssize_t) noexcept nogil
     engine_conv_fwd_f32_fn engine_conv_fwd_f32_get(Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept nogil
     engine_conv_fwd_f64_fn engine_conv_fwd_f64_get(Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void engine_conv_dw_f32_k4t2(const float*, Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, float*) noexcept nogil
+    void engine_conv_dw_f32_k2t6(const float*, Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, float*) noexcept nogil
     void engine_conv_dw_f32_k1t8(const float*, Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, float*) noexcept nogil
-    void engine_conv_dw_f64_k4t2(const double*, Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, double*) noexcept nogil
+    void engine_conv_dw_f64_k2t6(const double*, Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, double*) noexcept nogil
     void engine_conv_dw_f64_k1t8(const double*, Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, double*) noexcept nogil
 
 
@@ -925,11 +935,12 @@ cdef void _direct_geom(const Conv2dParams* p, Py_ssize_t vl, DirectGeom* g) noex
         #   3x3 128->128 8x8: 47 / 93 / -      LeNet c1 1->6 5x5 28x28: 57 / 43 / 31
         # (sgemm ~84). Channels beyond the last block of 6 go in blocks of
         # 4, 2, 1 with the same rows x vectors. The 16-pixel row is used
-        # unless 2 rows of 8 pixels compute fewer wasted outputs.
+        # unless the rows are narrower or 2 rows of 8 pixels compute fewer
+        # wasted outputs.
         if Kg >= 6:
             g.KB = 6
-            if (_cols_computed(p.OW, 2 * vl) * p.OH
-                    <= _cols_computed(p.OW, vl) * ceil_div(p.OH, 2) * 2):
+            if p.OW >= 2 * vl and (_cols_computed(p.OW, 2 * vl) * p.OH
+                                   <= _cols_computed(p.OW, vl) * ceil_div(p.OH, 2) * 2):
                 g.RB, g.NV = 1, 2
             else:
                 g.RB = 2
@@ -1039,11 +1050,18 @@ cdef bint _tiles_built(const DirectGeom* g, Py_ssize_t Kg, floating* dummy) noex
 
 cdef inline void _fwd_tile(const DirectGeom* g, Py_ssize_t kb, const floating* x,
                            Py_ssize_t row_step, Py_ssize_t ntaps, const Py_ssize_t* off,
-                           const floating* w, floating* out) noexcept nogil:
+                           const floating* w, const floating* bias, floating* y,
+                           Py_ssize_t y_row, Py_ssize_t y_chan) noexcept nogil:
     if floating is float:
-        engine_conv_fwd_f32_get(g.RB, g.NV, kb)(x, row_step, ntaps, off, w, out)
+        engine_conv_fwd_f32_get(g.RB, g.NV, kb)(x, row_step, ntaps, off, w, bias, y, y_row, y_chan)
     else:
-        engine_conv_fwd_f64_get(g.RB, g.NV, kb)(x, row_step, ntaps, off, w, out)
+        engine_conv_fwd_f64_get(g.RB, g.NV, kb)(x, row_step, ntaps, off, w, bias, y, y_row, y_chan)
+
+
+cdef inline Py_ssize_t _tile_start(Py_ssize_t i, Py_ssize_t step, Py_ssize_t size) noexcept nogil:
+    """Start of tile i of `step` along `size`: the last tile ends at `size`
+    (overlapping the one before), so every tile is whole."""
+    return min(i * step, size - step)
 
 
 cdef void _direct_forward_item(const Conv2dParams* p, const DirectGeom* g,
@@ -1052,37 +1070,43 @@ cdef void _direct_forward_item(const Conv2dParams* p, const DirectGeom* g,
                                floating* y, Py_ssize_t n, Py_ssize_t grp,
                                floating* xq) noexcept nogil:
     cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
-    cdef Py_ssize_t R = Cg * p.kh * p.kw
-    cdef Py_ssize_t k0, kb, oh0, ow0, r, k, t, nr, nt
+    cdef Py_ssize_t R = Cg * p.kh * p.kw, OHW = p.OH * p.OW
+    cdef Py_ssize_t k0, kb, oh0, ow0, r, k, nr, nt, i, j
+    cdef Py_ssize_t nbands = ceil_div(p.OH, g.RB), ncols = ceil_div(p.OW, g.TW)
+    # Tiles are stored straight into y, whole: the last row band / column
+    # tile is shifted back to end at the output's edge (recomputing a few
+    # pixels, with the same bits). Outputs smaller than one tile go through
+    # a buffer.
+    cdef bint whole = p.OH >= g.RB and p.OW >= g.TW
     cdef floating tile[_TILE_MAX]
-    cdef floating bk
-    cdef floating* yr
-    cdef const floating* src
+    cdef floating* yk
     _pad_phases(p, g, x + (n * p.C + grp * Cg) * p.H * p.W, Cg, xq)
     # Row bands outside, channel blocks inside: a band's padded input rows
     # and all the packed weights stay in L2 (a 64-channel 32x32 padded image
     # alone nearly fills it).
-    oh0 = 0
-    while oh0 < p.OH:
+    for i in range(nbands):
+        oh0 = _tile_start(i, g.RB, p.OH) if whole else i * g.RB
         nr = min(g.RB, p.OH - oh0)
         k0 = grp * Kg
         while k0 < (grp + 1) * Kg:
             kb = _block_channels(g, (grp + 1) * Kg - k0)
-            ow0 = 0
-            while ow0 < p.OW:
+            yk = y + (n * p.K + k0) * OHW
+            for j in range(ncols):
+                if whole:
+                    ow0 = _tile_start(j, g.TW, p.OW)
+                    _fwd_tile(g, kb, xq + oh0 * p.sh * g.rowlen + ow0, p.sh * g.rowlen,
+                              R, off, wpk + k0 * R, bias + k0, yk + oh0 * p.OW + ow0,
+                              p.OW, OHW)
+                    continue
+                ow0 = j * g.TW
                 nt = min(g.TW, p.OW - ow0)
                 _fwd_tile(g, kb, xq + oh0 * p.sh * g.rowlen + ow0, p.sh * g.rowlen,
-                          R, off, wpk + k0 * R, tile)
+                          R, off, wpk + k0 * R, bias + k0, tile, kb * g.TW, g.TW)
                 for k in range(kb):
-                    bk = bias[k0 + k] if bias != NULL else 0
                     for r in range(nr):
-                        yr = y + ((n * p.K + k0 + k) * p.OH + oh0 + r) * p.OW + ow0
-                        src = tile + (r * kb + k) * g.TW
-                        for t in range(nt):
-                            yr[t] = src[t] + bk
-                ow0 += g.TW
+                        memcpy(yk + k * OHW + (oh0 + r) * p.OW + ow0,
+                               tile + (r * kb + k) * g.TW, nt * sizeof(floating))
             k0 += kb
-        oh0 += g.RB
 
 
 cdef int _direct_conv(const Conv2dParams* p, const floating* x, const floating* w,
@@ -1096,6 +1120,7 @@ cdef int _direct_conv(const Conv2dParams* p, const floating* x, const floating* 
     cdef floating* ws
     cdef floating* wpk
     cdef Py_ssize_t* off
+    cdef floating* zeros = NULL
     cdef unsigned int old
     if p.kw > _MAX_TAPS_ROW:
         return ENGINE_EBADARG
@@ -1118,6 +1143,14 @@ cdef int _direct_conv(const Conv2dParams* p, const floating* x, const floating* 
         for i in range(p.kh):
             for j in range(p.kw):
                 off[(c * p.kh + i) * p.kw + j] = c * g.chan + i * p.dh * g.rowlen + g.tap_off[j]
+    if b == NULL:       # the tiles always add a bias
+        zeros = <floating*>calloc(p.K, sizeof(floating))
+        if zeros == NULL:
+            free(ws)
+            free(wpk)
+            free(off)
+            return ENGINE_ENOMEM
+        b = zeros
     with parallel(num_threads=nthreads):
         old = engine_ftz_enter()
         for it in prange(items, schedule='static'):
@@ -1127,6 +1160,7 @@ cdef int _direct_conv(const Conv2dParams* p, const floating* x, const floating* 
                 relu_span(y + it * (p.K // p.groups) * p.OH * p.OW,
                           y + it * (p.K // p.groups) * p.OH * p.OW, (p.K // p.groups) * p.OH * p.OW)
         engine_ftz_exit(old)
+    free(zeros)
     free(off)
     free(wpk)
     free(ws)
@@ -1285,29 +1319,40 @@ cdef void _dw_tile(Py_ssize_t KB, const floating* dy, Py_ssize_t dy_chan_step,
                    const Py_ssize_t* toff, Py_ssize_t rows, Py_ssize_t nvec,
                    floating* out) noexcept nogil:
     if floating is float:
-        if KB == 4:
-            engine_conv_dw_f32_k4t2(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out)
+        if KB == 2:
+            engine_conv_dw_f32_k2t6(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out)
         else:
             engine_conv_dw_f32_k1t8(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out)
     else:
-        if KB == 4:
-            engine_conv_dw_f64_k4t2(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out)
+        if KB == 2:
+            engine_conv_dw_f64_k2t6(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out)
         else:
             engine_conv_dw_f64_k1t8(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out)
 
 
+cdef inline Py_ssize_t _dw_channels(Py_ssize_t Kg) noexcept nogil:
+    """Output channels per weight-gradient tile (the other operand: taps)."""
+    return 2 if Kg >= 2 else 1
+
+
 cdef void _direct_backward_weight_item(const Conv2dParams* p, const DirectGeom* g,
                                        const floating* x, const floating* dy,
-                                       floating* dw_part, Py_ssize_t n, Py_ssize_t grp,
+                                       floating* dw_part, const Py_ssize_t* toff_all,
+                                       Py_ssize_t n, Py_ssize_t grp,
                                        floating* xq, floating* dyq) noexcept nogil:
-    """dw_vpart[k, c, i, j, 0:VL] += lane-wise sums of dy[n, k] * shifted x[n, c]."""
-    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
-    cdef Py_ssize_t T = p.kh * p.kw, vl = _vl(xq)
-    cdef Py_ssize_t OWp = ceil_div(p.OW, vl) * vl, plane = p.OH * OWp
-    cdef Py_ssize_t KB = 4 if Kg >= 4 else 1, TB = 2 if Kg >= 4 else 8
+    """dw_vpart[k, t, 0:VL] += lane-wise sums of dy[n, k] * x[n] shifted by tap t.
 
-    cdef Py_ssize_t c, k, kb, t, t0, oh, nk, nt, tap
-    cdef Py_ssize_t toff[8], l
+    Taps t = (c, i, j) are flattened (toff_all: their offsets, padded with
+    dummy taps to a multiple of TB). Tap blocks run outside channel blocks:
+    the TB taps read one or two padded input planes, which stay in L1, while
+    each channel block streams its dy rows from L2 (2 channels x 6 taps: 12
+    accumulators, 8 loads per 12 FMAs).
+    """
+    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
+    cdef Py_ssize_t R = Cg * p.kh * p.kw, vl = _vl(xq)
+    cdef Py_ssize_t OWp = ceil_div(p.OW, vl) * vl, plane = p.OH * OWp
+    cdef Py_ssize_t KB = _dw_channels(Kg), TB = 6 if KB == 2 else 8
+    cdef Py_ssize_t k, kb, t, t0, oh, nk, nt, l
     cdef floating out[8 * 16]
     cdef floating* dst
     cdef floating* src
@@ -1319,26 +1364,22 @@ cdef void _direct_backward_weight_item(const Conv2dParams* p, const DirectGeom* 
             memcpy(dyq + k * plane + oh * OWp,
                    dy + ((n * p.K + grp * Kg + k) * p.OH + oh) * p.OW,
                    p.OW * sizeof(floating))
-    for c in range(Cg):
+    t0 = 0
+    while t0 < R:
+        nt = min(TB, R - t0)
         kb = 0
         while kb < Kg:
             nk = min(KB, Kg - kb)
-            t0 = 0
-            while t0 < T:
-                nt = min(TB, T - t0)
-                for t in range(TB):
-                    tap = t0 + t if t < nt else 0
-                    toff[t] = (tap // p.kw) * p.dh * g.rowlen + g.tap_off[tap % p.kw]
-                _dw_tile(KB, dyq + kb * plane, plane, OWp, xq + c * g.chan,
-                         p.sh * g.rowlen, toff, p.OH, OWp // vl, out)
-                for k in range(nk):
-                    dst = dw_part + (((grp * Kg + kb + k) * Cg + c) * T + t0) * vl
-                    for t in range(nt):
-                        src = out + (k * TB + t) * vl
-                        for l in range(vl):
-                            dst[t * vl + l] += src[l]
-                t0 += TB
+            _dw_tile(KB, dyq + kb * plane, plane, OWp, xq, p.sh * g.rowlen,
+                     toff_all + t0, p.OH, OWp // vl, out)
+            for k in range(nk):
+                dst = dw_part + ((grp * Kg + kb + k) * R + t0) * vl
+                for t in range(nt):
+                    src = out + (k * TB + t) * vl
+                    for l in range(vl):
+                        dst[t * vl + l] += src[l]
             kb += KB
+        t0 += TB
 
 
 cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
@@ -1358,9 +1399,11 @@ cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
     cdef double flops = 2.0 * p.N * wsize * p.OH * p.OW
     cdef Py_ssize_t nchunks = work_chunks(p.N, flops, _DW_CHUNK_FLOPS, _DW_MAX_CHUNKS)
     cdef int nthreads = _team(p.N * p.groups, _conv_flops(&p))
+    cdef Py_ssize_t R = Cg * p.kh * p.kw, ntoff = R + 8, t, j
     cdef floating* ws
     cdef floating* parts
     cdef floating* mine
+    cdef Py_ssize_t* toff
     cdef unsigned int old
     _direct_geom(&p, vl, &g)
     per = Cg * g.chan + dyq_size
@@ -1369,10 +1412,20 @@ cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
     ws = <floating*>malloc(nthreads * per * sizeof(floating))
     # Per chunk: one vector of lane partials per weight.
     parts = <floating*>malloc(nchunks * wsize * vl * sizeof(floating))
-    if ws == NULL or parts == NULL:
+    # Offsets of the flattened taps, then dummy taps (offset 0, results
+    # dropped) up to a whole tile of 6 or 8.
+    toff = <Py_ssize_t*>malloc(ntoff * sizeof(Py_ssize_t))
+    if ws == NULL or parts == NULL or toff == NULL:
         free(ws)
         free(parts)
+        free(toff)
         return ENGINE_ENOMEM
+    for t in range(ntoff):
+        toff[t] = 0
+    for c in range(Cg):
+        for i in range(p.kh):
+            for j in range(p.kw):
+                toff[(c * p.kh + i) * p.kw + j] = c * g.chan + i * p.dh * g.rowlen + g.tap_off[j]
     memset(parts, 0, nchunks * wsize * vl * sizeof(floating))
     with parallel(num_threads=nthreads):
         old = engine_ftz_enter()
@@ -1381,7 +1434,7 @@ cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
             for n in range(c * p.N // nchunks, (c + 1) * p.N // nchunks):
                 for grp in range(p.groups):
                     _direct_backward_weight_item(&p, &g, x, dy, parts + c * wsize * vl,
-                                                 n, grp, mine, mine + Cg * g.chan)
+                                                 toff, n, grp, mine, mine + Cg * g.chan)
             # Sum the lanes in order: the chunk's partial, compacted in place.
             for i in range(wsize):
                 s = 0
@@ -1392,6 +1445,7 @@ cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
     for c in range(1, nchunks):     # compact: chunk c's sums to parts[c * wsize]
         memmove(parts + c * wsize, parts + c * wsize * vl, wsize * sizeof(floating))
     _reduce_partials(parts, nchunks, wsize, dw, accumulate)
+    free(toff)
     free(parts)
     free(ws)
     if db != NULL:

@@ -275,10 +275,12 @@ def test_invalid_inputs_raise(rng):
 def test_auto_heuristic(which):
     def pick(xs, ws, **kw):
         return kconv.choose_algo(xs, ws, which=which, **kw)
-    # Depthwise: direct for every pass; first layers: direct except dW.
+    # Depthwise and first layers (short GEMM rows): direct for every pass.
     assert pick((8, 32, 16, 16), (32, 1, 3, 3), padding=1, groups=32) == "direct"
-    first = pick((64, 1, 28, 28), (6, 1, 5, 5), padding=2)
-    assert first == ("im2col" if which == "backward_weight" else "direct")
+    assert pick((64, 1, 28, 28), (6, 1, 5, 5), padding=2) == "direct"
+    # LeNet's second layer: direct but for dW (150-long GEMM rows).
+    second = pick((64, 6, 14, 14), (16, 6, 5, 5))
+    assert second == ("im2col" if which == "backward_weight" else "direct")
     # 1x1 stride 1: a plain GEMM; weight gradients of wide layers: GEMM.
     assert pick((8, 64, 8, 8), (128, 64, 1, 1)) == "im2col"
     # Large 3x3 layers: direct forward / grad-input (the tiles need channels
