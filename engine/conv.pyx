@@ -1017,19 +1017,25 @@ cdef void _pad_phases(const Conv2dParams* p, const DirectGeom* g,
 
 cdef void _pack_weights(const Conv2dParams* p, const DirectGeom* g,
                         const floating* w, floating* wpk) noexcept nogil:
-    """Per block of kb channels from k0: wpk[k0*R + t*kb + k] = w[k0 + k, t]
-    (t the flattened (c, i, j) tap; k0 counts across groups)."""
-    cdef Py_ssize_t Kg = p.K // p.groups, R = (p.C // p.groups) * p.kh * p.kw
-    cdef Py_ssize_t grp, k0, kb, t, k
+    """Per block of kb channels from k0: wpk[k0*R + t*kb + k] = w[k0 + k, c, i, j]
+    with t = (i*Cg + c)*kw + j, the tap order of the offset table (kernel
+    rows outermost, so a row band that skips padding rows skips a run of
+    taps); k0 counts across groups."""
+    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
+    cdef Py_ssize_t R = Cg * p.kh * p.kw
+    cdef Py_ssize_t grp, k0, kb, k, c, i, j, t
     cdef floating* dst
     for grp in range(p.groups):
         k0 = grp * Kg
         while k0 < (grp + 1) * Kg:
             kb = _block_channels(g, (grp + 1) * Kg - k0)
             dst = wpk + k0 * R
-            for t in range(R):
-                for k in range(kb):
-                    dst[t * kb + k] = w[(k0 + k) * R + t]
+            for i in range(p.kh):
+                for c in range(Cg):
+                    for j in range(p.kw):
+                        t = (i * Cg + c) * p.kw + j
+                        for k in range(kb):
+                            dst[t * kb + k] = w[(k0 + k) * R + (c * p.kh + i) * p.kw + j]
             k0 += kb
 
 
@@ -1064,6 +1070,26 @@ cdef inline Py_ssize_t _tile_start(Py_ssize_t i, Py_ssize_t step, Py_ssize_t siz
     return min(i * step, size - step)
 
 
+cdef void _band_taps(const Conv2dParams* p, Py_ssize_t oh0, Py_ssize_t nr,
+                     Py_ssize_t* t0, Py_ssize_t* ntaps) noexcept nogil:
+    """The run of taps a band of nr output rows from oh0 needs: kernel rows
+    whose input rows are all padding contribute zeros and are skipped (half
+    the work of LeNet's 5x5 grad-input, a forward over dy padded by 4)."""
+    cdef Py_ssize_t i, r, ih, lo = p.kh, hi = -1
+    for i in range(p.kh):
+        for r in range(nr):
+            ih = (oh0 + r) * p.sh + i * p.dh - p.ph
+            if 0 <= ih < p.H:
+                lo = min(lo, i)
+                hi = max(hi, i)
+    if hi < lo:
+        t0[0] = 0
+        ntaps[0] = 0
+        return
+    t0[0] = lo * (p.C // p.groups) * p.kw
+    ntaps[0] = (hi - lo + 1) * (p.C // p.groups) * p.kw
+
+
 cdef void _direct_forward_item(const Conv2dParams* p, const DirectGeom* g,
                                const floating* x, const floating* wpk,
                                const Py_ssize_t* off, const floating* bias,
@@ -1071,7 +1097,7 @@ cdef void _direct_forward_item(const Conv2dParams* p, const DirectGeom* g,
                                floating* xq) noexcept nogil:
     cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
     cdef Py_ssize_t R = Cg * p.kh * p.kw, OHW = p.OH * p.OW
-    cdef Py_ssize_t k0, kb, oh0, ow0, r, k, nr, nt, i, j
+    cdef Py_ssize_t k0, kb, oh0, ow0, r, k, nr, nt, i, j, t0, ntaps
     cdef Py_ssize_t nbands = ceil_div(p.OH, g.RB), ncols = ceil_div(p.OW, g.TW)
     # Tiles are stored straight into y, whole: the last row band / column
     # tile is shifted back to end at the output's edge (recomputing a few
@@ -1087,6 +1113,7 @@ cdef void _direct_forward_item(const Conv2dParams* p, const DirectGeom* g,
     for i in range(nbands):
         oh0 = _tile_start(i, g.RB, p.OH) if whole else i * g.RB
         nr = min(g.RB, p.OH - oh0)
+        _band_taps(p, oh0, nr, &t0, &ntaps)
         k0 = grp * Kg
         while k0 < (grp + 1) * Kg:
             kb = _block_channels(g, (grp + 1) * Kg - k0)
@@ -1095,13 +1122,14 @@ cdef void _direct_forward_item(const Conv2dParams* p, const DirectGeom* g,
                 if whole:
                     ow0 = _tile_start(j, g.TW, p.OW)
                     _fwd_tile(g, kb, xq + oh0 * p.sh * g.rowlen + ow0, p.sh * g.rowlen,
-                              R, off, wpk + k0 * R, bias + k0, yk + oh0 * p.OW + ow0,
-                              p.OW, OHW)
+                              ntaps, off + t0, wpk + k0 * R + t0 * kb, bias + k0,
+                              yk + oh0 * p.OW + ow0, p.OW, OHW)
                     continue
                 ow0 = j * g.TW
                 nt = min(g.TW, p.OW - ow0)
                 _fwd_tile(g, kb, xq + oh0 * p.sh * g.rowlen + ow0, p.sh * g.rowlen,
-                          R, off, wpk + k0 * R, bias + k0, tile, kb * g.TW, g.TW)
+                          ntaps, off + t0, wpk + k0 * R + t0 * kb, bias + k0, tile,
+                          kb * g.TW, g.TW)
                 for k in range(kb):
                     for r in range(nr):
                         memcpy(yk + k * OHW + (oh0 + r) * p.OW + ow0,
@@ -1142,7 +1170,7 @@ cdef int _direct_conv(const Conv2dParams* p, const floating* x, const floating* 
     for c in range(Cg):
         for i in range(p.kh):
             for j in range(p.kw):
-                off[(c * p.kh + i) * p.kw + j] = c * g.chan + i * p.dh * g.rowlen + g.tap_off[j]
+                off[(i * Cg + c) * p.kw + j] = c * g.chan + i * p.dh * g.rowlen + g.tap_off[j]
     if b == NULL:       # the tiles always add a bias
         zeros = <floating*>calloc(p.K, sizeof(floating))
         if zeros == NULL:
