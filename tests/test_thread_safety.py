@@ -211,3 +211,32 @@ def test_kernels_release_the_gil(rng, kernel):
         sys.setswitchinterval(old)
     inside = sum(window["t0"] < t < window["t1"] for t in ticks)
     assert inside > 10, f"the main thread never ran during {kernel}: the GIL was held"
+
+
+# -- process-wide allocator setting ------------------------------------------
+
+_MALLOC_PROBE = """
+import numpy as np
+import pyengine  # noqa: F401
+# A freed 4 MB block is served again from the heap, at the same address; with
+# glibc's defaults a 4 MB array is mmapped and unmapped on free.
+a = np.ones(1 << 20, np.float32); addr = a.ctypes.data; del a
+b = np.zeros(1 << 20, np.float32)
+print(int(b.ctypes.data == addr))
+"""
+
+
+def test_malloc_keeps_freed_arrays():
+    import os
+    import platform
+    import subprocess
+    from engine import _threads
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        assert _threads.keep_freed_memory() is False
+        return
+    assert _threads.keep_freed_memory() is True
+    env = dict(os.environ)
+    env.pop("PYENGINE_MALLOC_TUNING", None)
+    out = subprocess.run([sys.executable, "-c", _MALLOC_PROBE], env=env,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "1"
