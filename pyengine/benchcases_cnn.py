@@ -388,7 +388,7 @@ def _vgg_block():
 
 
 @case("vgg_block", "b32 64x32x32 2x conv3x3 64->64 + ReLU + maxpool fwd+bwd",
-      3 * 2 * (2 * 32 * 64 * 32 * 32 * 64 * 9))
+      3 * 2 * (2 * 32 * 64 * 32 * 32 * 64 * 9), norm_keys=("dx", "dw0", "dw2"))
 def vgg_block_case(backend, quick):
     import pyengine as pe
 

@@ -33,6 +33,23 @@ def test_output_check_catches_a_wrong_backend(tmp_path):
     assert bench._check(case, {"reference": str(ref), "pyengine": str(ref)}) == []
 
 
+def test_norm_keys_compare_by_relative_norm(tmp_path):
+    case = benchcases.CASES["vgg_block"]
+    assert set(case.norm_keys) == {"dx", "dw0", "dw2"}
+    rng = np.random.default_rng(0)
+    want = rng.standard_normal(1_000_000)
+    moved = want.copy()
+    moved[:20] += 0.2                       # one pool's gradient routed elsewhere
+    wrong = want * 1.01                     # 1% off everywhere
+    paths = {}
+    for name, arr in (("reference", want), ("moved", moved), ("wrong", wrong)):
+        paths[name] = str(tmp_path / f"{name}.npz")
+        np.savez(paths[name], dx=arr, y=want)
+    assert bench._check(case, {"reference": paths["reference"], "pyengine": paths["moved"]}) == []
+    failures = bench._check(case, {"reference": paths["reference"], "pyengine": paths["wrong"]})
+    assert failures and "vgg_block/pyengine/dx: relative error" in failures[0]
+
+
 def test_every_case_builds_and_agrees_with_the_reference():
     """Each registered case runs once per backend (no timing) and matches the reference."""
     for name, case in benchcases.CASES.items():
