@@ -714,6 +714,7 @@ cdef extern from *:
     #define ENGINE_VSTORE(p, v) __builtin_memcpy((p), &(v), sizeof(vec_t))
     #define ENGINE_VFMA(acc, s, v) acc += (s) * (v)
     #define ENGINE_VADDS(v, s) v += (s)
+    #define ENGINE_VADDV(v, a) v += (a)
     #define ENGINE_VFMAV(acc, a, b) acc += (a) * (b)
     #else  /* plain C: arrays of VL lanes (the compiler may still vectorise) */
     #define ENGINE_FMA_ATTR
@@ -723,6 +724,7 @@ cdef extern from *:
     #define ENGINE_VSTORE(p, v) do { for (int l_ = 0; l_ < vl_; l_++) (p)[l_] = (v).e[l_]; } while (0)
     #define ENGINE_VFMA(acc, s, v) do { for (int l_ = 0; l_ < vl_; l_++) (acc).e[l_] += (s) * (v).e[l_]; } while (0)
     #define ENGINE_VADDS(v, s) do { for (int l_ = 0; l_ < vl_; l_++) (v).e[l_] += (s); } while (0)
+    #define ENGINE_VADDV(v, a) do { for (int l_ = 0; l_ < vl_; l_++) (v).e[l_] += (a).e[l_]; } while (0)
     #define ENGINE_VFMAV(acc, a, b) do { for (int l_ = 0; l_ < vl_; l_++) (acc).e[l_] += (a).e[l_] * (b).e[l_]; } while (0)
     #endif
 
@@ -776,16 +778,16 @@ cdef extern from *:
                 }                                                               \\
     }
 
-    /* Weight-gradient tile: out[k][t][0:VL] = lane-wise sum over rows and
-       nvec vectors of dy[k*dy_chan_step + row*dy_row_step + v*VL + 0:VL]
-       * x[row*x_row_step + toff[t] + v*VL + 0:VL]. The lanes are summed by
-       the caller once per chunk (summing them here, per call, cost as much
-       as the FMAs on small maps). */
+    /* Weight-gradient tile: out[k*out_step + t*VL + 0:VL] += lane-wise sum
+       over rows and nvec vectors of dy[k*dy_chan_step + row*dy_row_step +
+       v*VL + 0:VL] * x[row*x_row_step + toff[t] + v*VL + 0:VL]. The lanes
+       are summed by the caller once per chunk (summing them here, per call,
+       cost as much as the FMAs on small maps). */
     #define ENGINE_CONV_DW_TILE(NAME, T, VL, KB, TB)                             \\
     ENGINE_FMA_ATTR static void NAME(                                           \\
         const T* dy, ptrdiff_t dy_chan_step, ptrdiff_t dy_row_step,             \\
         const T* x, ptrdiff_t x_row_step, const ptrdiff_t* toff,                \\
-        ptrdiff_t rows, ptrdiff_t nvec, T* out)                                 \\
+        ptrdiff_t rows, ptrdiff_t nvec, T* out, ptrdiff_t out_step)             \\
     {                                                                           \\
         ENGINE_VEC(T, VL)                                                       \\
         vec_t acc[KB][TB];                                                      \\
@@ -805,7 +807,12 @@ cdef extern from *:
             }                                                                   \\
         }                                                                       \\
         for (int k = 0; k < KB; k++)                                            \\
-            for (int t = 0; t < TB; t++) ENGINE_VSTORE(out + (k * TB + t) * VL, acc[k][t]); \\
+            for (int t = 0; t < TB; t++) {                                      \\
+                vec_t o;                                                        \\
+                ENGINE_VLOAD(o, out + k * out_step + t * VL);                   \\
+                ENGINE_VADDV(o, acc[k][t]);                                     \\
+                ENGINE_VSTORE(out + k * out_step + t * VL, o);                  \\
+            }                                                                   \\
     }
 
     ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r1v2k6, float, ENGINE_VL_F32, 1, 2, 6)
@@ -888,10 +895,10 @@ cdef extern from *:
     ctypedef void (*engine_conv_fwd_f64_fn)(const double*, Py_ssize_t, Py_ssize_t, const Py_ssize_t*, const double*, const double*, double*, Py_ssize_t, Py_ssize_t) noexcept nogil
     engine_conv_fwd_f32_fn engine_conv_fwd_f32_get(Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept nogil
     engine_conv_fwd_f64_fn engine_conv_fwd_f64_get(Py_ssize_t, Py_ssize_t, Py_ssize_t) noexcept nogil
-    void engine_conv_dw_f32_k2t6(const float*, Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, float*) noexcept nogil
-    void engine_conv_dw_f32_k1t8(const float*, Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, float*) noexcept nogil
-    void engine_conv_dw_f64_k2t6(const double*, Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, double*) noexcept nogil
-    void engine_conv_dw_f64_k1t8(const double*, Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, double*) noexcept nogil
+    void engine_conv_dw_f32_k2t6(const float*, Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, float*, Py_ssize_t) noexcept nogil
+    void engine_conv_dw_f32_k1t8(const float*, Py_ssize_t, Py_ssize_t, const float*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, float*, Py_ssize_t) noexcept nogil
+    void engine_conv_dw_f64_k2t6(const double*, Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, double*, Py_ssize_t) noexcept nogil
+    void engine_conv_dw_f64_k1t8(const double*, Py_ssize_t, Py_ssize_t, const double*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t, double*, Py_ssize_t) noexcept nogil
 
 
 cdef enum:
@@ -1345,17 +1352,17 @@ cdef int conv2d_direct_backward_input(Conv2dParams p, const floating* w,
 cdef void _dw_tile(Py_ssize_t KB, const floating* dy, Py_ssize_t dy_chan_step,
                    Py_ssize_t dy_row_step, const floating* x, Py_ssize_t x_row_step,
                    const Py_ssize_t* toff, Py_ssize_t rows, Py_ssize_t nvec,
-                   floating* out) noexcept nogil:
+                   floating* out, Py_ssize_t out_step) noexcept nogil:
     if floating is float:
         if KB == 2:
-            engine_conv_dw_f32_k2t6(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out)
+            engine_conv_dw_f32_k2t6(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out, out_step)
         else:
-            engine_conv_dw_f32_k1t8(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out)
+            engine_conv_dw_f32_k1t8(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out, out_step)
     else:
         if KB == 2:
-            engine_conv_dw_f64_k2t6(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out)
+            engine_conv_dw_f64_k2t6(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out, out_step)
         else:
-            engine_conv_dw_f64_k1t8(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out)
+            engine_conv_dw_f64_k1t8(dy, dy_chan_step, dy_row_step, x, x_row_step, toff, rows, nvec, out, out_step)
 
 
 cdef inline Py_ssize_t _dw_channels(Py_ssize_t Kg) noexcept nogil:
@@ -1398,14 +1405,18 @@ cdef void _direct_backward_weight_item(const Conv2dParams* p, const DirectGeom* 
         kb = 0
         while kb < Kg:
             nk = min(KB, Kg - kb)
-            _dw_tile(KB, dyq + kb * plane, plane, OWp, xq, p.sh * g.rowlen,
-                     toff_all + t0, p.OH, OWp // vl, out)
-            for k in range(nk):
-                dst = dw_part + ((grp * Kg + kb + k) * R + t0) * vl
-                for t in range(nt):
-                    src = out + (k * TB + t) * vl
-                    for l in range(vl):
-                        dst[t * vl + l] += src[l]
+            dst = dw_part + ((grp * Kg + kb) * R + t0) * vl
+            if nk == KB and nt == TB:   # a whole tile: straight into the partials
+                _dw_tile(KB, dyq + kb * plane, plane, OWp, xq, p.sh * g.rowlen,
+                         toff_all + t0, p.OH, OWp // vl, dst, R * vl)
+            else:
+                memset(out, 0, KB * TB * vl * sizeof(floating))
+                _dw_tile(KB, dyq + kb * plane, plane, OWp, xq, p.sh * g.rowlen,
+                         toff_all + t0, p.OH, OWp // vl, out, TB * vl)
+                for k in range(nk):
+                    for t in range(nt):
+                        for l in range(vl):
+                            dst[k * R * vl + t * vl + l] += out[(k * TB + t) * vl + l]
             kb += KB
         t0 += TB
 
