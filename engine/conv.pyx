@@ -1378,10 +1378,11 @@ cdef void _direct_backward_weight_item(const Conv2dParams* p, const DirectGeom* 
     """dw_vpart[k, t, 0:VL] += lane-wise sums of dy[n, k] * x[n] shifted by tap t.
 
     Taps t = (c, i, j) are flattened (toff_all: their offsets, padded with
-    dummy taps to a multiple of TB). Tap blocks run outside channel blocks:
-    the TB taps read one or two padded input planes, which stay in L1, while
-    each channel block streams its dy rows from L2 (2 channels x 6 taps: 12
-    accumulators, 8 loads per 12 FMAs).
+    dummy taps to a multiple of TB). Channel blocks run outside tap blocks:
+    a block's dy rows and its lane partials stay in L1 / L2 while the taps
+    stream the padded input (2 channels x 6 taps: 12 accumulators, 8 loads
+    per 12 FMAs; 3x3 64->64 32x32 ran 50 GFLOPS this way, 43 with the loops
+    swapped, against sgemm's 69 on the im2col product).
     """
     cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
     cdef Py_ssize_t R = Cg * p.kh * p.kw, vl = _vl(xq)
@@ -1399,12 +1400,12 @@ cdef void _direct_backward_weight_item(const Conv2dParams* p, const DirectGeom* 
             memcpy(dyq + k * plane + oh * OWp,
                    dy + ((n * p.K + grp * Kg + k) * p.OH + oh) * p.OW,
                    p.OW * sizeof(floating))
-    t0 = 0
-    while t0 < R:
-        nt = min(TB, R - t0)
-        kb = 0
-        while kb < Kg:
-            nk = min(KB, Kg - kb)
+    kb = 0
+    while kb < Kg:
+        nk = min(KB, Kg - kb)
+        t0 = 0
+        while t0 < R:
+            nt = min(TB, R - t0)
             dst = dw_part + ((grp * Kg + kb) * R + t0) * vl
             if nk == KB and nt == TB:   # a whole tile: straight into the partials
                 _dw_tile(KB, dyq + kb * plane, plane, OWp, xq, p.sh * g.rowlen,
@@ -1417,8 +1418,8 @@ cdef void _direct_backward_weight_item(const Conv2dParams* p, const DirectGeom* 
                     for t in range(nt):
                         for l in range(vl):
                             dst[k * R * vl + t * vl + l] += out[(k * TB + t) * vl + l]
-            kb += KB
-        t0 += TB
+            t0 += TB
+        kb += KB
 
 
 cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
