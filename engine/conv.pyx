@@ -115,11 +115,15 @@ cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p, ConvPass which) noexcept
     if _is_pointwise(p):
         return CONV_ALGO_IM2COL          # a plain GEMM on the input planes
     if which == CONV_PASS_BACKWARD_WEIGHT:
-        # The GEMM over pixels wins unless its rows are few (Kg) or short
-        # (Cg*kh*kw): 1 thread on Zen 3, GFLOPS im2col / direct, LeNet c1
-        # (1->6 5x5) 15 / 31, 3->16 3x3 32x32 27 / 35, but 16->16 3x3 42 / 46,
-        # LeNet c2 (6->16 5x5) 29 / 23 and 3x3 64->64 32x32 69 / 46.
+        # Direct unless rows are short, strided or the GEMM's output is wide:
+        # 1 thread on Zen 3, GFLOPS im2col / direct, LeNet c1 (1->6 5x5 28x28)
+        # 15 / 41, LeNet c2 (6->16 5x5 10x10) 29 / 32, 3x3 16->16 32x32 42 /
+        # 69, 64->64 32x32 69 / 72, 32->32 16x16 49 / 53, but 64->64 16x16
+        # 59 / 56, 64->128 32x32 78 / 77, 64->64 8x8 42 / 28, 16->32 stride 2
+        # 44 / 37.
         if Kg < 4 or Cg * p.kh * p.kw <= 32:
+            return CONV_ALGO_DIRECT
+        if p.sw == 1 and (p.OH * p.OW >= 1024 or (p.OW >= 10 and Kg <= 32)):
             return CONV_ALGO_DIRECT
         return CONV_ALGO_IM2COL
     # Depthwise / narrow groups / 1-3 input channels: GEMMs of a few rows or
@@ -715,6 +719,14 @@ cdef extern from *:
     #define ENGINE_VFMA(acc, s, v) acc += (s) * (v)
     #define ENGINE_VADDS(v, s) v += (s)
     #define ENGINE_VADDV(v, a) v += (a)
+    /* Keep a loaded vector in a register: without this GCC folds the load
+       into both FMAs that use it as a memory operand (14 loads per 12 FMAs
+       in the weight-gradient tile, which then waits on loads). */
+    #if defined(__x86_64__) || defined(__i386__)
+    #define ENGINE_VPIN(v) __asm__("" : "+x"(v))
+    #else
+    #define ENGINE_VPIN(v) (void)0
+    #endif
     #define ENGINE_VFMAV(acc, a, b) acc += (a) * (b)
     #else  /* plain C: arrays of VL lanes (the compiler may still vectorise) */
     #define ENGINE_FMA_ATTR
@@ -725,6 +737,7 @@ cdef extern from *:
     #define ENGINE_VFMA(acc, s, v) do { for (int l_ = 0; l_ < vl_; l_++) (acc).e[l_] += (s) * (v).e[l_]; } while (0)
     #define ENGINE_VADDS(v, s) do { for (int l_ = 0; l_ < vl_; l_++) (v).e[l_] += (s); } while (0)
     #define ENGINE_VADDV(v, a) do { for (int l_ = 0; l_ < vl_; l_++) (v).e[l_] += (a).e[l_]; } while (0)
+    #define ENGINE_VPIN(v) (void)0
     #define ENGINE_VFMAV(acc, a, b) do { for (int l_ = 0; l_ < vl_; l_++) (acc).e[l_] += (a).e[l_] * (b).e[l_]; } while (0)
     #endif
 
@@ -802,6 +815,7 @@ cdef extern from *:
                 for (int t = 0; t < TB; t++) {                                  \\
                     vec_t xv;                                                   \\
                     ENGINE_VLOAD(xv, xr + toff[t] + v * VL);                    \\
+                    ENGINE_VPIN(xv);                                            \\
                     for (int k = 0; k < KB; k++) ENGINE_VFMAV(acc[k][t], d[k], xv); \\
                 }                                                               \\
             }                                                                   \\

@@ -278,24 +278,26 @@ def test_auto_heuristic(which):
     # Depthwise and first layers (short GEMM rows): direct for every pass.
     assert pick((8, 32, 16, 16), (32, 1, 3, 3), padding=1, groups=32) == "direct"
     assert pick((64, 1, 28, 28), (6, 1, 5, 5), padding=2) == "direct"
-    # LeNet's second layer: direct but for dW (150-long GEMM rows).
-    second = pick((64, 6, 14, 14), (16, 6, 5, 5))
-    assert second == ("im2col" if which == "backward_weight" else "direct")
-    # 1x1 stride 1: a plain GEMM; weight gradients of wide layers: GEMM.
+    # LeNet's second layer: direct (a GEMM of 16 x 150 rows runs slowly).
+    assert pick((64, 6, 14, 14), (16, 6, 5, 5)) == "direct"
+    # 1x1 stride 1: a plain GEMM.
     assert pick((8, 64, 8, 8), (128, 64, 1, 1)) == "im2col"
-    # Large 3x3 layers: direct forward / grad-input (the tiles need channels
-    # in multiples of 8 or 6 with AVX-512's 32 registers, any count >= 6 with
-    # AVX2's 16), im2col for the weight gradient.
+    # Large 3x3 layers: direct (the forward tiles need channels in multiples
+    # of 8 or 6 with AVX-512's 32 registers, any count >= 6 with AVX2's 16).
     vgg = pick((32, 64, 32, 32), (64, 64, 3, 3), padding=1)
-    assert vgg == ("im2col" if which == "backward_weight" else "direct")
+    assert vgg == "direct"
     odd = pick((32, 64, 32, 32), (70, 64, 3, 3), padding=1)
     wide = kconv.simd_info()["registers"] >= 32
     want = {"forward": "im2col" if wide else "direct",     # 70 output channels
             "backward_input": "direct",                      # 64 input channels
-            "backward_weight": "im2col"}
+            "backward_weight": "direct"}                     # 32x32 maps
     assert odd == want[which]
-    mid = pick((32, 32, 16, 16), (32, 32, 3, 3), padding=1)
+    assert pick((32, 32, 16, 16), (32, 32, 3, 3), padding=1) == "direct"
+    # Weight gradients of wide layers on small or strided maps: the GEMM.
+    mid = pick((32, 64, 16, 16), (64, 64, 3, 3), padding=1)
     assert mid == ("im2col" if which == "backward_weight" else "direct")
+    strided = pick((32, 16, 32, 32), (32, 16, 3, 3), padding=1, stride=2)
+    assert strided == ("direct" if which == "forward" else "im2col")
     assert pick((32, 256, 4, 4), (256, 256, 3, 3), padding=1) == "im2col"
     assert pick((2, 3, 8, 200), (8, 3, 1, 100)) == "im2col"   # beyond the direct tap table
 
@@ -395,7 +397,7 @@ def test_float32_matches_torch(rng):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_auto_mixes_algorithms_per_pass(dtype, rng):
     # Forward and grad-input run direct, grad-weight im2col for this shape.
-    cfg = ((3, 8, 12, 12), (8, 8, 3, 3), 1, 1, 1, 1)
+    cfg = ((3, 64, 12, 12), (64, 64, 3, 3), 1, 1, 1, 1)
     assert [kconv.choose_algo(cfg[0], cfg[1], padding=1, which=w)
             for w in ("forward", "backward_input", "backward_weight")] == \
         ["direct", "direct", "im2col"]
