@@ -122,11 +122,21 @@ cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p, ConvPass which) noexcept
         # 15 / 41, LeNet c2 (6->16 5x5 10x10) 29 / 32, 3x3 16->16 32x32 42 /
         # 69, 64->64 32x32 69 / 72, 32->32 16x16 49 / 53, but 64->64 16x16
         # 59 / 56, 64->128 32x32 78 / 77, 64->64 8x8 42 / 28, 16->32 stride 2
-        # 44 / 37.
-        if Kg < 4 or Cg * p.kh * p.kw <= 32:
+        # 44 / 37, ResNet's 1x1 stride-2 projection 32->64 to 8x8 1.5 / 0.3.
+        if Kg < 4:
             return CONV_ALGO_DIRECT
-        if p.sw == 1 and (p.OH * p.OW >= 1024 or (p.OW >= 10 and Kg <= 32)):
+        if p.sw == 1 and (Cg * p.kh * p.kw <= 32 or p.OH * p.OW >= 1024
+                          or (p.OW >= 10 and Kg <= 32)):
             return CONV_ALGO_DIRECT
+        return CONV_ALGO_IM2COL
+    # A strided grad-input runs direct as a scalar scatter: only worth it
+    # where the GEMM degenerates (ResNet's 1x1 stride-2 projection 32->64 to
+    # 8x8: im2col 0.25 ms, direct 4.5).
+    if which == CONV_PASS_BACKWARD_INPUT and not _direct_dx_is_forward(p):
+        return CONV_ALGO_DIRECT if Kg < 8 else CONV_ALGO_IM2COL
+    # A strided 1x1 is a subsampling copy and a GEMM (same projection,
+    # forward: 0.33 ms, direct 0.53).
+    if p.kh == 1 and p.kw == 1 and Kg >= 8:
         return CONV_ALGO_IM2COL
     # Depthwise / narrow groups / 1-3 input channels: GEMMs of a few rows or
     # a short inner dimension run far below sgemm speed, direct loops do not.

@@ -300,6 +300,8 @@ def test_auto_heuristic(which):
     assert strided == ("direct" if which == "forward" else "im2col")
     assert pick((32, 256, 4, 4), (256, 256, 3, 3), padding=1) == "im2col"
     assert pick((2, 3, 8, 200), (8, 3, 1, 100)) == "im2col"   # beyond the direct tap table
+    # ResNet's 1x1 stride-2 projection: subsampling + GEMM in every pass.
+    assert pick((32, 32, 16, 16), (64, 32, 1, 1), stride=2) == "im2col"
 
 
 def test_direct_rejects_very_wide_kernels():
