@@ -841,72 +841,32 @@ cdef extern from *:
             }                                                                   \\
     }
 
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r1v2k6, float, ENGINE_VL_F32, 1, 2, 6)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r1v2k4, float, ENGINE_VL_F32, 1, 2, 4)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r1v2k2, float, ENGINE_VL_F32, 1, 2, 2)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r1v2k1, float, ENGINE_VL_F32, 1, 2, 1)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r2v1k6, float, ENGINE_VL_F32, 2, 1, 6)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r2v1k4, float, ENGINE_VL_F32, 2, 1, 4)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r2v1k2, float, ENGINE_VL_F32, 2, 1, 2)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r2v1k1, float, ENGINE_VL_F32, 2, 1, 1)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r4v1k2, float, ENGINE_VL_F32, 4, 1, 2)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r5v1k2, float, ENGINE_VL_F32, 5, 1, 2)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r6v1k2, float, ENGINE_VL_F32, 6, 1, 2)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r8v1k1, float, ENGINE_VL_F32, 8, 1, 1)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r2v1k8, float, ENGINE_VL_F32, 2, 1, 8)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r4v1k6, float, ENGINE_VL_F32, 4, 1, 6)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r1v2k6, double, ENGINE_VL_F64, 1, 2, 6)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r1v2k4, double, ENGINE_VL_F64, 1, 2, 4)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r1v2k2, double, ENGINE_VL_F64, 1, 2, 2)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r1v2k1, double, ENGINE_VL_F64, 1, 2, 1)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r2v1k6, double, ENGINE_VL_F64, 2, 1, 6)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r2v1k4, double, ENGINE_VL_F64, 2, 1, 4)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r2v1k2, double, ENGINE_VL_F64, 2, 1, 2)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r2v1k1, double, ENGINE_VL_F64, 2, 1, 1)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r4v1k2, double, ENGINE_VL_F64, 4, 1, 2)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r5v1k2, double, ENGINE_VL_F64, 5, 1, 2)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r6v1k2, double, ENGINE_VL_F64, 6, 1, 2)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r8v1k1, double, ENGINE_VL_F64, 8, 1, 1)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r2v1k8, double, ENGINE_VL_F64, 2, 1, 8)
-    ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r4v1k6, double, ENGINE_VL_F64, 4, 1, 6)
+    /* The forward tiles built, as (RB, NV, KB): AVX2's 1 row x 2 vectors and
+       2 rows x 1 vector with blocks of 6, 4, 2, 1 channels, the narrow-channel
+       tiles (4-6 rows x 2 channels, 8 rows x 1) and AVX-512's 2x8 and 4x6. */
+    #define ENGINE_CONV_FWD_SHAPES(X)                                           \\
+        X(1, 2, 6) X(1, 2, 4) X(1, 2, 2) X(1, 2, 1)                             \\
+        X(2, 1, 6) X(2, 1, 4) X(2, 1, 2) X(2, 1, 1)                             \\
+        X(4, 1, 2) X(5, 1, 2) X(6, 1, 2) X(8, 1, 1) X(2, 1, 8) X(4, 1, 6)
+    #define ENGINE_CONV_FWD_DEFINE(RB, NV, KB)                                  \\
+        ENGINE_CONV_FWD_TILE(engine_conv_fwd_f32_r##RB##v##NV##k##KB, float, ENGINE_VL_F32, RB, NV, KB) \\
+        ENGINE_CONV_FWD_TILE(engine_conv_fwd_f64_r##RB##v##NV##k##KB, double, ENGINE_VL_F64, RB, NV, KB)
+    ENGINE_CONV_FWD_SHAPES(ENGINE_CONV_FWD_DEFINE)
     typedef void (*engine_conv_fwd_f32_fn)(const float*, ptrdiff_t, ptrdiff_t, const ptrdiff_t*, const float*, const float*, float*, ptrdiff_t, ptrdiff_t);
-    /* The tile kernel for (RB, NV, KB), NULL where none is built. */
-    static engine_conv_fwd_f32_fn engine_conv_fwd_f32_get(ptrdiff_t rb, ptrdiff_t nv, ptrdiff_t kb)
-    {
-        if (rb == 1 && nv == 2 && kb == 6) return engine_conv_fwd_f32_r1v2k6;
-        if (rb == 1 && nv == 2 && kb == 4) return engine_conv_fwd_f32_r1v2k4;
-        if (rb == 1 && nv == 2 && kb == 2) return engine_conv_fwd_f32_r1v2k2;
-        if (rb == 1 && nv == 2 && kb == 1) return engine_conv_fwd_f32_r1v2k1;
-        if (rb == 2 && nv == 1 && kb == 6) return engine_conv_fwd_f32_r2v1k6;
-        if (rb == 2 && nv == 1 && kb == 4) return engine_conv_fwd_f32_r2v1k4;
-        if (rb == 2 && nv == 1 && kb == 2) return engine_conv_fwd_f32_r2v1k2;
-        if (rb == 2 && nv == 1 && kb == 1) return engine_conv_fwd_f32_r2v1k1;
-        if (rb == 4 && nv == 1 && kb == 2) return engine_conv_fwd_f32_r4v1k2;
-        if (rb == 5 && nv == 1 && kb == 2) return engine_conv_fwd_f32_r5v1k2;
-        if (rb == 6 && nv == 1 && kb == 2) return engine_conv_fwd_f32_r6v1k2;
-        if (rb == 8 && nv == 1 && kb == 1) return engine_conv_fwd_f32_r8v1k1;
-        if (rb == 2 && nv == 1 && kb == 8) return engine_conv_fwd_f32_r2v1k8;
-        if (rb == 4 && nv == 1 && kb == 6) return engine_conv_fwd_f32_r4v1k6;
-        return NULL;
-    }
     typedef void (*engine_conv_fwd_f64_fn)(const double*, ptrdiff_t, ptrdiff_t, const ptrdiff_t*, const double*, const double*, double*, ptrdiff_t, ptrdiff_t);
     /* The tile kernel for (RB, NV, KB), NULL where none is built. */
+    #define ENGINE_CONV_FWD_PICK_F32(RB, NV, KB)                                \\
+        if (rb == RB && nv == NV && kb == KB) return engine_conv_fwd_f32_r##RB##v##NV##k##KB;
+    #define ENGINE_CONV_FWD_PICK_F64(RB, NV, KB)                                \\
+        if (rb == RB && nv == NV && kb == KB) return engine_conv_fwd_f64_r##RB##v##NV##k##KB;
+    static engine_conv_fwd_f32_fn engine_conv_fwd_f32_get(ptrdiff_t rb, ptrdiff_t nv, ptrdiff_t kb)
+    {
+        ENGINE_CONV_FWD_SHAPES(ENGINE_CONV_FWD_PICK_F32)
+        return NULL;
+    }
     static engine_conv_fwd_f64_fn engine_conv_fwd_f64_get(ptrdiff_t rb, ptrdiff_t nv, ptrdiff_t kb)
     {
-        if (rb == 1 && nv == 2 && kb == 6) return engine_conv_fwd_f64_r1v2k6;
-        if (rb == 1 && nv == 2 && kb == 4) return engine_conv_fwd_f64_r1v2k4;
-        if (rb == 1 && nv == 2 && kb == 2) return engine_conv_fwd_f64_r1v2k2;
-        if (rb == 1 && nv == 2 && kb == 1) return engine_conv_fwd_f64_r1v2k1;
-        if (rb == 2 && nv == 1 && kb == 6) return engine_conv_fwd_f64_r2v1k6;
-        if (rb == 2 && nv == 1 && kb == 4) return engine_conv_fwd_f64_r2v1k4;
-        if (rb == 2 && nv == 1 && kb == 2) return engine_conv_fwd_f64_r2v1k2;
-        if (rb == 2 && nv == 1 && kb == 1) return engine_conv_fwd_f64_r2v1k1;
-        if (rb == 4 && nv == 1 && kb == 2) return engine_conv_fwd_f64_r4v1k2;
-        if (rb == 5 && nv == 1 && kb == 2) return engine_conv_fwd_f64_r5v1k2;
-        if (rb == 6 && nv == 1 && kb == 2) return engine_conv_fwd_f64_r6v1k2;
-        if (rb == 8 && nv == 1 && kb == 1) return engine_conv_fwd_f64_r8v1k1;
-        if (rb == 2 && nv == 1 && kb == 8) return engine_conv_fwd_f64_r2v1k8;
-        if (rb == 4 && nv == 1 && kb == 6) return engine_conv_fwd_f64_r4v1k6;
+        ENGINE_CONV_FWD_SHAPES(ENGINE_CONV_FWD_PICK_F64)
         return NULL;
     }
     ENGINE_CONV_DW_TILE(engine_conv_dw_f32_k2t6, float, ENGINE_VL_F32, 2, 6)
