@@ -32,6 +32,7 @@ CONFIGS = [
     ((1, 9, 6, 21), (9, 9, 3, 3), 1, 1, 1, 1),           # blocks of 6+2+1, dx's 9 channels too
     ((2, 14, 7, 7), (14, 7, 3, 3), 1, 1, 1, 2),          # 6+1 per group
     ((2, 3, 11, 17), (13, 3, 3, 3), 2, 1, 1, 1),         # 6+6+1, strided
+    ((1, 6, 5, 9), (7, 6, 3, 3), 1, 3, 1, 1),            # bands reading only padding, odd rows
 ]
 IDS = [f"x{c[0]}-w{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}".replace(" ", "") for c in CONFIGS]
 ALGOS = ["im2col", "direct"]
