@@ -87,12 +87,14 @@ cdef extern from *:
 
     /* One batch row of each cell, forward and backward, for type T with
        suffix S. Gate pointers are separate restrict arguments (i, f, g, o
-       for the LSTM; r, z, n, hn for the GRU) so each loop vectorises. */
+       for the LSTM; r, z, n, hn for the GRU) so each loop vectorises. The
+       forward passes take n units of H (bias and gh gate blocks H apart), so
+       a slice of the hidden units can run on its own. */
     #define RNN_DEFINE_CELLS(T, S, SIGM, TANH) \
-    static void rnn_lstm_fwd_##S(Py_ssize_t H, T* restrict gi, T* restrict gf, \
-            T* restrict gg, T* restrict go, const T* restrict bias, \
+    static void rnn_lstm_fwd_##S(Py_ssize_t n, Py_ssize_t H, T* restrict gi, \
+            T* restrict gf, T* restrict gg, T* restrict go, const T* restrict bias, \
             const T* restrict c_prev, T* restrict c_new, T* restrict h) { \
-        for (Py_ssize_t j = 0; j < H; j++) { \
+        for (Py_ssize_t j = 0; j < n; j++) { \
             T i = SIGM(gi[j] + bias[j]); \
             T f = SIGM(gf[j] + bias[H + j]); \
             T g = TANH(gg[j] + bias[2 * H + j]); \
@@ -103,7 +105,7 @@ cdef extern from *:
         } \
         /* A second loop: one loop with tanh(c) at the end of the chain of \
            four gates is latency-bound (measured 18 percent slower). */ \
-        for (Py_ssize_t j = 0; j < H; j++) h[j] = go[j] * TANH(c_new[j]); \
+        for (Py_ssize_t j = 0; j < n; j++) h[j] = go[j] * TANH(c_new[j]); \
     } \
     static void rnn_lstm_bwd_##S(Py_ssize_t H, T* restrict gi, T* restrict gf, \
             T* restrict gg, T* restrict go, const T* restrict c, \
@@ -121,11 +123,11 @@ cdef extern from *:
             dc[j] = dcj * f; \
         } \
     } \
-    static void rnn_gru_fwd_##S(Py_ssize_t H, T* restrict ar, T* restrict az, \
-            T* restrict an, T* restrict ahn, const T* restrict gh, \
+    static void rnn_gru_fwd_##S(Py_ssize_t n, Py_ssize_t H, T* restrict ar, \
+            T* restrict az, T* restrict an, T* restrict ahn, const T* restrict gh, \
             const T* restrict bias, const T* restrict bias_hn, \
             const T* restrict h_prev, T* restrict h) { \
-        for (Py_ssize_t j = 0; j < H; j++) { \
+        for (Py_ssize_t j = 0; j < n; j++) { \
             T r = SIGM(ar[j] + bias[j] + gh[j]); \
             T z = SIGM(az[j] + bias[H + j] + gh[H + j]); \
             T hn = gh[2 * H + j] + bias_hn[j]; \
@@ -290,55 +292,98 @@ cdef extern from *:
        (row-major, no transpose per call). A step is bound by streaming W_hh
        (G*H x H floats) from L2: 4 rows at a time, two accumulators each over
        k, software prefetch ~6 KB ahead (measured 3.5 us for 512 x 128 on this
-       Zen 3, ~74 GB/s). Without AVX2 + FMA the caller uses BLAS sgemv. */
+       Zen 3, ~74 GB/s). Without AVX2 + FMA the caller uses BLAS sgemv.
+       Every row is summed in the same order whether it falls in a block of 4
+       or in the tail (rnn_sgemv_row mirrors the block's reduction tree), so a
+       row's result does not depend on how the rows are grouped into calls. */
     #if defined(__AVX2__) && defined(__FMA__)
     #include <immintrin.h>
     #define RNN_HAVE_GEMV 1
+    static inline float rnn_sgemv_tail(float v, Py_ssize_t k, Py_ssize_t K,
+                                       const float* restrict wr, const float* restrict x) {
+        for (; k < K; k++) v += wr[k] * x[k];
+        return v;
+    }
+    static void rnn_sgemv_row(Py_ssize_t K, const float* restrict wr,
+                              const float* restrict x, float* restrict y, int accumulate) {
+        __m256 a0 = _mm256_setzero_ps(), b0 = a0;
+        Py_ssize_t k;
+        for (k = 0; k + 16 <= K; k += 16) {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + k), _mm256_loadu_ps(x + k), a0);
+            b0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + k + 8), _mm256_loadu_ps(x + k + 8), b0);
+        }
+        a0 = _mm256_add_ps(a0, b0);
+        __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(a0, a0), _mm256_hadd_ps(a0, a0));
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+        float v = rnn_sgemv_tail(_mm_cvtss_f32(s), k, K, wr, x);
+        *y = accumulate ? *y + v : v;
+    }
+    /* Rows r of nseg segments of N rows: W[g * seg + r, :] -> y[g * ldy_seg + r]
+       (the rows of one hidden chunk in every gate). The prefetch runs ahead
+       in that sequence of rows, across segment ends. */
+    static void rnn_sgemv_segs(Py_ssize_t nseg, Py_ssize_t seg, Py_ssize_t N, Py_ssize_t K,
+                               const float* restrict w, Py_ssize_t ldw,
+                               const float* restrict x, float* restrict y,
+                               Py_ssize_t ldy_seg, int accumulate) {
+        Py_ssize_t ahead = (6144 / (4 * ldw) + 3) / 4 * 4, n, k, i;
+        if (ahead < 4) ahead = 4;
+        for (Py_ssize_t g = 0; g < nseg; g++) {
+            const float* ws = w + g * seg * ldw;
+            float* ys = y + g * ldy_seg;
+            for (n = 0; n + 4 <= N; n += 4) {
+                const float* wr = ws + n * ldw;
+                Py_ssize_t pn = n + ahead, pg = g;
+                if (pn >= N && pg + 1 < nseg) {
+                    pn -= N;
+                    pg++;
+                }
+                const char* pf = (const char*)(w + (pg * seg + pn) * ldw);
+                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+                __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+                for (k = 0; k + 16 <= K; k += 16) {
+                    _mm_prefetch(pf + 4 * k, _MM_HINT_T0);
+                    _mm_prefetch(pf + 4 * (ldw + k), _MM_HINT_T0);
+                    _mm_prefetch(pf + 4 * (2 * ldw + k), _MM_HINT_T0);
+                    _mm_prefetch(pf + 4 * (3 * ldw + k), _MM_HINT_T0);
+                    __m256 xv = _mm256_loadu_ps(x + k), xw = _mm256_loadu_ps(x + k + 8);
+                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + k), xv, a0);
+                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + ldw + k), xv, a1);
+                    a2 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + 2 * ldw + k), xv, a2);
+                    a3 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + 3 * ldw + k), xv, a3);
+                    b0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + k + 8), xw, b0);
+                    b1 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + ldw + k + 8), xw, b1);
+                    b2 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + 2 * ldw + k + 8), xw, b2);
+                    b3 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + 3 * ldw + k + 8), xw, b3);
+                }
+                a0 = _mm256_add_ps(a0, b0);
+                a1 = _mm256_add_ps(a1, b1);
+                a2 = _mm256_add_ps(a2, b2);
+                a3 = _mm256_add_ps(a3, b3);
+                __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+                __m128 s = _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+                float part[4];
+                _mm_storeu_ps(part, s);
+                for (i = 0; i < 4; i++) {
+                    float v = rnn_sgemv_tail(part[i], k, K, wr + i * ldw, x);
+                    ys[n + i] = accumulate ? ys[n + i] + v : v;
+                }
+            }
+            for (; n < N; n++) rnn_sgemv_row(K, ws + n * ldw, x, ys + n, accumulate);
+        }
+    }
     static void rnn_sgemv_rows(Py_ssize_t N, Py_ssize_t K, const float* restrict w,
                                Py_ssize_t ldw, const float* restrict x, float* restrict y,
                                int accumulate) {
-        Py_ssize_t n = 0, k, kk;
-        for (; n + 4 <= N; n += 4) {
-            const float* wr = w + n * ldw;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-            for (k = 0; k + 16 <= K; k += 16) {
-                _mm_prefetch((const char*)(wr + k) + 6144, _MM_HINT_T0);
-                _mm_prefetch((const char*)(wr + ldw + k) + 6144, _MM_HINT_T0);
-                _mm_prefetch((const char*)(wr + 2 * ldw + k) + 6144, _MM_HINT_T0);
-                _mm_prefetch((const char*)(wr + 3 * ldw + k) + 6144, _MM_HINT_T0);
-                __m256 xv = _mm256_loadu_ps(x + k), xw = _mm256_loadu_ps(x + k + 8);
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + k), xv, a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + ldw + k), xv, a1);
-                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + 2 * ldw + k), xv, a2);
-                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + 3 * ldw + k), xv, a3);
-                b0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + k + 8), xw, b0);
-                b1 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + ldw + k + 8), xw, b1);
-                b2 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + 2 * ldw + k + 8), xw, b2);
-                b3 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + 3 * ldw + k + 8), xw, b3);
-            }
-            a0 = _mm256_add_ps(a0, b0);
-            a1 = _mm256_add_ps(a1, b1);
-            a2 = _mm256_add_ps(a2, b2);
-            a3 = _mm256_add_ps(a3, b3);
-            __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-            __m128 s = _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
-            float part[4];
-            _mm_storeu_ps(part, s);
-            for (int i = 0; i < 4; i++) {
-                float v = part[i];
-                for (kk = k; kk < K; kk++) v += wr[i * ldw + kk] * x[kk];
-                y[n + i] = accumulate ? y[n + i] + v : v;
-            }
-        }
-        for (; n < N; n++) {
-            float v = 0;
-            for (k = 0; k < K; k++) v += w[n * ldw + k] * x[k];
-            y[n] = accumulate ? y[n] + v : v;
-        }
+        rnn_sgemv_segs(1, N, N, K, w, ldw, x, y, N, accumulate);
     }
     #else
     #define RNN_HAVE_GEMV 0
+    static void rnn_sgemv_segs(Py_ssize_t nseg, Py_ssize_t seg, Py_ssize_t N, Py_ssize_t K,
+                               const float* w, Py_ssize_t ldw, const float* x, float* y,
+                               Py_ssize_t ldy_seg, int accumulate) {
+        (void)nseg; (void)seg; (void)N; (void)K; (void)w; (void)ldw; (void)x; (void)y;
+        (void)ldy_seg; (void)accumulate;
+    }
     static void rnn_sgemv_rows(Py_ssize_t N, Py_ssize_t K, const float* w, Py_ssize_t ldw,
                                const float* x, float* y, int accumulate) {
         (void)N; (void)K; (void)w; (void)ldw; (void)x; (void)y; (void)accumulate;
@@ -435,12 +480,205 @@ cdef extern from *:
 
     RNN_DEFINE_CELLS(float, f, rnn_sigmoidf, rnn_tanhf)
     RNN_DEFINE_CELLS(double, d, rnn_sigmoid, rnn_tanh)
+
+    /* The float32 forward steps of a batch < 4 (GEMV on W_hh as stored), the
+       hidden units of each step cut into nchunks chunks of `step` units, one
+       per thread. A chunk computes its units' rows of every gate (j, H + j,
+       2H + j, ... of W_hh), then the gate pass of those units: it needs
+       nothing else of its step, only all of the previous step's h.
+       A step is a few microseconds, too short for a parallel region each,
+       and a barrier per step stalls whenever one thread is not scheduled
+       (measured: median 7.9 ms instead of 0.43 for the batch-1 LSTM T100 on
+       the shared 2-core machine). So one region runs every step and the
+       threads take (step, chunk) tickets in order, each only once that step
+       is ready (all chunks of the step before done): a thread that is
+       descheduled holds nothing up but the chunk it is computing, and the
+       other one carries on alone. That stall still costs a time slice of
+       the scheduler (ms), many per call when other processes keep the cores
+       busy (median 19 ms with two busy loops running); so after a wait of
+       over 100 us (for a step, or for the helper thread at the end of the
+       region) the rest of the call runs on the first thread alone, and the
+       next calls run on one thread (64 calls, doubling up to 4096 while
+       stalls recur, reset by a parallel call without one). Who computes a
+       chunk does not change its
+       bits: every GEMV row is summed in one fixed order wherever it falls
+       (rnn_sgemv_segs) and the gate passes are element-wise, with the same
+       operations on a vector lane as in a scalar tail (no contraction here);
+       so the results are the same for any thread count.
+       Modes as rnn.pxd's enum (1 relu, 2 LSTM, 3 GRU, else tanh). */
+    #ifdef _OPENMP
+    #include <omp.h>
+    #endif
+    #include <sched.h>
+    typedef struct {
+        int mode, reverse, keep_cells;
+        Py_ssize_t T, B, H, ldy, nchunks, step;
+        const float *w_hh, *bias, *bias_hn, *h0, *c0;
+        float *acts, *gh, *cells, *y;
+    } rnn_gemv_steps_args;
+
+    static void rnn_gemv_chunk(const rnn_gemv_steps_args* p, Py_ssize_t s, Py_ssize_t c) {
+        const Py_ssize_t T = p->T, B = p->B, H = p->H, ldy = p->ldy, BH = B * H;
+        const Py_ssize_t AW = p->mode >= 2 ? 4 * H : 0;
+        const Py_ssize_t j0 = c * p->step;
+        const Py_ssize_t n = j0 + p->step <= H ? p->step : H - j0;
+        const float* w = p->w_hh;
+        Py_ssize_t t = p->reverse ? T - 1 - s : s, tp = p->reverse ? T - s : s - 1;
+        const float* hp = s == 0 ? p->h0 : p->y + tp * B * ldy;
+        Py_ssize_t ldh = s == 0 ? H : ldy;
+        const float* cp = NULL;
+        float* cn = NULL;
+        /* All units: the gates' rows are one run of W_hh. */
+        int nseg = n == H ? 1 : (p->mode == 2 ? 4 : 3);
+        if (n <= 0)
+            return;
+        if (p->mode == 2) {
+            if (p->keep_cells) {
+                cn = p->cells + t * BH;
+                cp = s == 0 ? p->c0 : p->cells + tp * BH;
+            } else {        /* inference: two cell rows used alternately */
+                cn = p->cells + (s % 2) * BH;
+                cp = s == 0 ? p->c0 : p->cells + ((s + 1) % 2) * BH;
+            }
+        }
+        for (Py_ssize_t b = 0; b < B; b++) {
+            const float* h = hp + b * ldh;
+            float* yb = p->y + (t * B + b) * ldy + j0;
+            float* a = p->mode >= 2 ? p->acts + (t * B + b) * AW + j0 : NULL;
+            if (p->mode == 2) {         /* acts_t holds x W_ih^T: add h W_hh^T */
+                rnn_sgemv_segs(nseg, H, n * 4 / nseg, H, w + j0 * H, H, h, a, H, 1);
+                rnn_lstm_fwd_f(n, H, a, a + H, a + 2 * H, a + 3 * H, p->bias + j0,
+                               cp + b * H + j0, cn + b * H + j0, yb);
+            } else if (p->mode == 3) {  /* hidden part apart: r * (W_hn h + b_hn) */
+                float* gh = p->gh + b * 3 * H + j0;
+                rnn_sgemv_segs(nseg, H, n * 3 / nseg, H, w + j0 * H, H, h, gh, H, 0);
+                rnn_gru_fwd_f(n, H, a, a + H, a + 2 * H, a + 3 * H, gh, p->bias + j0,
+                              p->bias_hn + j0, h + j0, yb);
+            } else {                    /* y_t holds x W_ih^T */
+                rnn_sgemv_rows(n, H, w + j0 * H, H, h, yb, 1);
+                rnn_elman_fwd_f(n, p->mode == 1, p->bias + j0, yb);
+            }
+        }
+    }
+
+    /* Tickets g = s * nchunks + c, taken in order; done counts finished ones;
+       solo: a stall was seen, only thread 0 goes on. On their own cache
+       lines: each is written by every thread. */
+    typedef struct {
+        Py_ssize_t next __attribute__((aligned(64)));
+        Py_ssize_t done __attribute__((aligned(64)));
+        int solo __attribute__((aligned(64)));
+    } rnn_tickets;
+
+    #if defined(__x86_64__) || defined(__i386__)
+    #include <x86intrin.h>
+    #include <time.h>
+    /* TSC ticks in 100 us (the TSC runs at a constant rate), measured once. */
+    static unsigned long long rnn_stall_ticks(void) {
+        static unsigned long long ticks = 0;
+        unsigned long long v = __atomic_load_n(&ticks, __ATOMIC_RELAXED);
+        if (v == 0) {
+            struct timespec a, b;
+            clock_gettime(CLOCK_MONOTONIC, &a);
+            unsigned long long t0 = __rdtsc();
+            do clock_gettime(CLOCK_MONOTONIC, &b);
+            while ((b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec) < 200000);
+            v = (__rdtsc() - t0) / 2 + 1;
+            __atomic_store_n(&ticks, v, __ATOMIC_RELAXED);
+        }
+        return v;
+    }
+    #define RNN_NOW() __rdtsc()
+    #else
+    static unsigned long long rnn_stall_ticks(void) { return 100000; }
+    static unsigned long long rnn_spin_clock = 0;
+    #define RNN_NOW() (rnn_spin_clock += 50)   /* about 50 ns a spin */
+    #endif
+
+    static void rnn_gemv_steps_run(const rnn_gemv_steps_args* p, rnn_tickets* tk, int tid,
+                                   unsigned long long stall) {
+        const Py_ssize_t total = p->T * p->nchunks;
+        unsigned int fp_mode = engine_ftz_enter();
+        for (;;) {
+            if (tid != 0 && __atomic_load_n(&tk->solo, __ATOMIC_RELAXED))
+                break;
+            Py_ssize_t g = __atomic_load_n(&tk->next, __ATOMIC_RELAXED);
+            if (g >= total)
+                break;
+            /* Wait for the ticket's step to be ready. */
+            Py_ssize_t want = g - g % p->nchunks;
+            if (__atomic_load_n(&tk->done, __ATOMIC_ACQUIRE) < want) {
+                unsigned long long t0 = RNN_NOW();
+                while (__atomic_load_n(&tk->done, __ATOMIC_ACQUIRE) < want) {
+    #if defined(__SSE2__)
+                    _mm_pause();
+    #endif
+                    if (RNN_NOW() - t0 > stall) {
+                        __atomic_store_n(&tk->solo, 1, __ATOMIC_RELAXED);
+                        if (tid != 0)
+                            break;
+                        sched_yield();  /* the thread we wait for may need this core */
+                    }
+                }
+                continue;               /* look again: solo, or another ticket */
+            }
+            if (!__atomic_compare_exchange_n(&tk->next, &g, g + 1, 0, __ATOMIC_ACQUIRE,
+                                             __ATOMIC_RELAXED))
+                continue;
+            rnn_gemv_chunk(p, g / p->nchunks, g % p->nchunks);
+            __atomic_fetch_add(&tk->done, 1, __ATOMIC_RELEASE);
+        }
+        engine_ftz_exit(fp_mode);
+    }
+
+    /* Calls left to run on one thread after a stall, and the next such run. */
+    static int rnn_solo_calls = 0, rnn_solo_backoff = 64;
+
+    static void rnn_gemv_steps(const rnn_gemv_steps_args* p, int nthreads) {
+        rnn_tickets tk;
+        tk.next = 0;
+        tk.done = 0;
+        tk.solo = 0;
+    #ifdef _OPENMP
+        if (nthreads > 1) {
+            int left = __atomic_load_n(&rnn_solo_calls, __ATOMIC_RELAXED);
+            if (left > 0) {
+                __atomic_store_n(&rnn_solo_calls, left - 1, __ATOMIC_RELAXED);
+                nthreads = 1;
+            }
+        }
+        if (nthreads > 1) {
+            unsigned long long stall = rnn_stall_ticks(), t_end = 0;
+            #pragma omp parallel num_threads(nthreads)
+            {
+                int tid = omp_get_thread_num();
+                rnn_gemv_steps_run(p, &tk, tid, stall);
+                if (tid == 0)
+                    t_end = RNN_NOW();
+            }
+            /* A helper that was not scheduled in time holds up the join. */
+            if (RNN_NOW() - t_end > stall)
+                tk.solo = 1;
+            int backoff = __atomic_load_n(&rnn_solo_backoff, __ATOMIC_RELAXED);
+            if (tk.solo) {
+                __atomic_store_n(&rnn_solo_calls, backoff, __ATOMIC_RELAXED);
+                __atomic_store_n(&rnn_solo_backoff, backoff < 4096 ? 2 * backoff : 4096,
+                                 __ATOMIC_RELAXED);
+            } else if (backoff != 64) {
+                __atomic_store_n(&rnn_solo_backoff, 64, __ATOMIC_RELAXED);
+            }
+            return;
+        }
+    #endif
+        (void)nthreads;
+        rnn_gemv_steps_run(p, &tk, 0, ~0ULL);
+    }
     #pragma GCC pop_options
     """
-    void rnn_lstm_fwd_f(Py_ssize_t H, float* gi, float* gf, float* gg, float* go,
+    void rnn_lstm_fwd_f(Py_ssize_t n, Py_ssize_t H, float* gi, float* gf, float* gg, float* go,
                         const float* bias, const float* c_prev, float* c_new,
                         float* h) noexcept nogil
-    void rnn_lstm_fwd_d(Py_ssize_t H, double* gi, double* gf, double* gg, double* go,
+    void rnn_lstm_fwd_d(Py_ssize_t n, Py_ssize_t H, double* gi, double* gf, double* gg, double* go,
                         const double* bias, const double* c_prev, double* c_new,
                         double* h) noexcept nogil
     void rnn_lstm_bwd_f(Py_ssize_t H, float* gi, float* gf, float* gg, float* go,
@@ -449,10 +687,10 @@ cdef extern from *:
     void rnn_lstm_bwd_d(Py_ssize_t H, double* gi, double* gf, double* gg, double* go,
                         const double* c, const double* c_prev, const double* dy,
                         const double* dh_rec, double* dc) noexcept nogil
-    void rnn_gru_fwd_f(Py_ssize_t H, float* ar, float* az, float* an, float* ahn,
+    void rnn_gru_fwd_f(Py_ssize_t n, Py_ssize_t H, float* ar, float* az, float* an, float* ahn,
                        const float* gh, const float* bias, const float* bias_hn,
                        const float* h_prev, float* h) noexcept nogil
-    void rnn_gru_fwd_d(Py_ssize_t H, double* ar, double* az, double* an, double* ahn,
+    void rnn_gru_fwd_d(Py_ssize_t n, Py_ssize_t H, double* ar, double* az, double* an, double* ahn,
                        const double* gh, const double* bias, const double* bias_hn,
                        const double* h_prev, double* h) noexcept nogil
     void rnn_gru_bwd_f(Py_ssize_t H, float* ar, float* az, float* an, const float* ahn,
@@ -481,8 +719,19 @@ cdef extern from *:
     void rnn_rows_to_panels(Py_ssize_t rows, Py_ssize_t N, const float* src, Py_ssize_t lds,
                             Py_ssize_t Ktot, Py_ssize_t k0, float* dst) noexcept nogil
     const int RNN_HAVE_GEMV
-    void rnn_sgemv_rows(Py_ssize_t N, Py_ssize_t K, const float* w, Py_ssize_t ldw,
-                        const float* x, float* y, int accumulate) noexcept nogil
+    ctypedef struct rnn_gemv_steps_args:
+        int mode, reverse, keep_cells
+        Py_ssize_t T, B, H, ldy, nchunks, step
+        const float* w_hh
+        const float* bias
+        const float* bias_hn
+        const float* h0
+        const float* c0
+        float* acts
+        float* gh
+        float* cells
+        float* y
+    void rnn_gemv_steps(const rnn_gemv_steps_args* p, int nthreads) noexcept nogil
     void rnn_colsum_add_f(Py_ssize_t rows, Py_ssize_t cols, const float* a,
                           Py_ssize_t lda, float* out) noexcept nogil
     void rnn_colsum_add_d(Py_ssize_t rows, Py_ssize_t cols, const double* a,
@@ -593,8 +842,8 @@ cdef inline void _hidden_gemm(int rows, int N, int K, const floating* a, Py_ssiz
 
     float32: the register-tiled kernel on w_hh_t = w_hh^T packed in column
     panels (rnn_pack_panels), or, for a batch too small to pay for that
-    packing (w_hh_t == NULL), one GEMV per row on W_hh as stored (our AVX2
-    kernel, else BLAS sgemv).
+    packing (w_hh_t == NULL), one BLAS sgemv per row on W_hh as stored (with
+    AVX2 + FMA such batches run rnn_gemv_steps instead).
     """
     cdef char trans = b'T'
     cdef int one = 1, r
@@ -603,10 +852,6 @@ cdef inline void _hidden_gemm(int rows, int N, int K, const floating* a, Py_ssiz
     if floating is float:
         if w_hh_t != NULL:
             rnn_sgemm_panels(rows, N, K, a, lda, w_hh_t, c, ldc, beta != 0)
-        elif RNN_HAVE_GEMV:
-            for r in range(rows):
-                rnn_sgemv_rows(N, K, <const float*>w_hh, K, a + r * lda, c + r * ldc,
-                               beta != 0)
         else:
             fbeta = beta
             for r in range(rows):
@@ -651,10 +896,10 @@ cdef void _forward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
         for b in range(b0, b1):
             a = acts + b * 4 * H
             if floating is float:
-                rnn_lstm_fwd_f(H, a, a + H, a + 2 * H, a + 3 * H, bias, c_prev + b * H,
+                rnn_lstm_fwd_f(H, H, a, a + H, a + 2 * H, a + 3 * H, bias, c_prev + b * H,
                                c_new + b * H, y_t + b * ldy)
             else:
-                rnn_lstm_fwd_d(H, a, a + H, a + 2 * H, a + 3 * H, bias, c_prev + b * H,
+                rnn_lstm_fwd_d(H, H, a, a + H, a + 2 * H, a + 3 * H, bias, c_prev + b * H,
                                c_new + b * H, y_t + b * ldy)
     elif d.mode == RNN_GRU:
         # The hidden part stays separate: n needs r * (W_hn h + b_hn).
@@ -663,10 +908,10 @@ cdef void _forward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
         for b in range(b0, b1):
             a = acts + b * 4 * H
             if floating is float:
-                rnn_gru_fwd_f(H, a, a + H, a + 2 * H, a + 3 * H, gh + b * 3 * H, bias,
+                rnn_gru_fwd_f(H, H, a, a + H, a + 2 * H, a + 3 * H, gh + b * 3 * H, bias,
                               bias_hn, h_prev + b * ld_hp, y_t + b * ldy)
             else:
-                rnn_gru_fwd_d(H, a, a + H, a + 2 * H, a + 3 * H, gh + b * 3 * H, bias,
+                rnn_gru_fwd_d(H, H, a, a + H, a + 2 * H, a + 3 * H, gh + b * 3 * H, bias,
                               bias_hn, h_prev + b * ld_hp, y_t + b * ldy)
     else:
         # Elman: y_t holds x W_ih^T; the activation is applied in place.
@@ -680,6 +925,32 @@ cdef void _forward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
     engine_ftz_exit(fp_mode)
 
 
+# Batch < 4 float32 forward steps split by hidden units among the threads
+# (rnn_gemv_steps): only when each thread's GEMVs stream at least this many
+# W_hh bytes per step (below that a barrier per step costs more than it
+# saves), in chunks of whole 8-unit vectors.
+cdef double _GEMV_SPLIT_MIN_BYTES = 96.0 * 1024
+cdef Py_ssize_t _GEMV_SPLIT_UNITS = 8
+
+
+cdef void _gemv_forward_steps(const rnn_dims* d, const float* w_hh, const float* bias,
+                              const float* bias_hn, const float* h0, const float* c0,
+                              float* acts, float* gh, float* cells, float* y,
+                              bint keep_cells) noexcept nogil:
+    """Every forward step of a float32 batch < 4 layer, a chunk of hidden
+    units per thread (rnn_gemv_steps; the same bits for any thread count)."""
+    cdef rnn_gemv_steps_args p
+    cdef Py_ssize_t G = rnn_num_gates(d.mode), H = d.H
+    cdef Py_ssize_t most = <Py_ssize_t>(4.0 * d.B * G * H * H / _GEMV_SPLIT_MIN_BYTES)
+    p.mode, p.reverse, p.keep_cells = d.mode, d.reverse, keep_cells
+    p.T, p.B, p.H, p.ldy = d.T, d.B, d.H, d.ldy
+    p.nchunks = max(1, min(<Py_ssize_t>engine_num_threads(), most, H // _GEMV_SPLIT_UNITS))
+    p.step = ceil_div(ceil_div(H, p.nchunks), _GEMV_SPLIT_UNITS) * _GEMV_SPLIT_UNITS
+    p.w_hh, p.bias, p.bias_hn, p.h0, p.c0 = w_hh, bias, bias_hn, h0, c0
+    p.acts, p.gh, p.cells, p.y = acts, gh, cells, y
+    rnn_gemv_steps(&p, <int>p.nchunks)
+
+
 cdef int rnn_forward(const rnn_dims* d, const floating* x,
                      const floating* w_ih, const floating* w_hh,
                      const floating* b_ih, const floating* b_hh,
@@ -690,7 +961,7 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
     cdef Py_ssize_t G = rnn_num_gates(d.mode), TB = d.T * d.B, BH = d.B * d.H
     cdef Py_ssize_t AW = _acts_width(d)
     cdef Py_ssize_t s, t, tp, k, b, c, b0, b1, nchunks, step
-    cdef bint training = ws != NULL
+    cdef bint training = ws != NULL, gemv_steps
     cdef floating* buf = NULL
     cdef floating* bias = NULL
     cdef floating* bias_hn
@@ -760,9 +1031,16 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
         gemm_parallel(False, True, <int>TB, <int>H, <int>I, <floating>1, x, <int>I,
                       w_ih, <int>I, <floating>0, y, <int>ldy)
 
+    gemv_steps = floating is float and RNN_HAVE_GEMV and B < _TILE_MIN_BATCH
+    if gemv_steps:
+        _gemv_forward_steps(d, <const float*>w_hh, <const float*>bias,
+                            <const float*>bias_hn, <const float*>h0, <const float*>c0,
+                            <float*>acts, <float*>gh, <float*>cells, <float*>y, training)
+        if d.mode == RNN_LSTM:
+            c_new = cells + (_time_index(d, T - 1) * BH if training else ((T - 1) % 2) * BH)
     nchunks = _step_chunks(d)
     step = ceil_div(B, nchunks)
-    for s in range(T):
+    for s in range(0 if gemv_steps else T):
         t = _time_index(d, s)
         if s == 0:
             h_prev = h0

@@ -364,6 +364,49 @@ def test_threads_bitwise_identical(cls, kw, mode, rng):
             assert np.array_equal(a, b)
 
 
+# Batch < 4, float32: the forward steps split the hidden units among the threads
+# once each thread's share of W_hh is >= 96 KB; these shapes split at 2 and 3
+# threads, with hidden sizes that are not multiples of 8 (and 4), T = 1 included.
+@pytest.mark.parametrize("mode,T,B,I,H", [("LSTM", 7, 1, 5, 113), ("LSTM", 1, 1, 3, 128),
+                                          ("LSTM", 3, 3, 4, 70), ("GRU", 5, 2, 3, 101),
+                                          ("RNN_TANH", 4, 1, 3, 230),
+                                          ("RNN_RELU", 2, 1, 3, 230)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_small_batch_steps_split_threads_identical(mode, T, B, I, H, dtype, reverse, rng):
+    d = _layer_data(rng, mode, T, B, I, H, dtype)
+    d["w_hh"] *= 0.2
+    f64 = {k: None if v is None else v.astype(np.float64) for k, v in d.items()}
+    ry, rhn, rcn, cache = R.rnn_layer_forward(mode, f64["x"], f64["w_ih"], f64["w_hh"],
+                                              f64["b_ih"], f64["b_hh"], f64["h0"], f64["c0"],
+                                              reverse=reverse)
+    dy = rng.standard_normal(ry.shape).astype(dtype)
+    want = R.rnn_layer_backward(cache, dy.astype(np.float64))
+    rtol, atol = tol(dtype)
+    results = []
+    for threads in (1, 2, 3):
+        pe.set_num_threads(threads)
+        ws = np.empty(rnn.workspace_size(mode, T, B, H), dtype)
+        y, hn, cn = rnn.rnn_forward(mode, d["x"], d["w_ih"], d["w_hh"], d["b_ih"],
+                                    d["b_hh"], d["h0"], d["c0"], reverse=reverse,
+                                    workspace=ws)
+        yi, hni, cni = rnn.rnn_forward(mode, d["x"], d["w_ih"], d["w_hh"], d["b_ih"],
+                                       d["b_hh"], d["h0"], d["c0"], reverse=reverse)
+        assert np.array_equal(yi, y) and np.array_equal(hni, hn)
+        np.testing.assert_allclose(y, ry, rtol=rtol, atol=atol)
+        np.testing.assert_allclose(hn, rhn, rtol=rtol, atol=atol)
+        got = rnn.rnn_backward(mode, d["x"], d["w_ih"], d["w_hh"], y, d["h0"], d["c0"],
+                               ws, dy, reverse=reverse)
+        for g, w in zip(got, want):
+            if w is not None:
+                np.testing.assert_allclose(g, w, rtol=rtol, atol=10 * atol)
+        results.append([y, hn] + ([cn] if mode == "LSTM" else [])
+                       + [g for g in got if g is not None])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert np.array_equal(a, b)
+
+
 def test_parameter_names_shapes_and_init():
     pe.manual_seed(0)
     m = pe.GRU(10, 20, num_layers=2, bidirectional=True)
