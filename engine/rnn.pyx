@@ -2,7 +2,8 @@
 
 One call runs one layer in one direction over the whole sequence under
 nogil (see rnn.pxd for the layout). The GEMMs are hoisted and merged
-(PERFORMANCE.md, technique 5): the input projection of all steps is one GEMM,
+(PERFORMANCE.md, technique 5): the input projection of all steps is one GEMM
+(float32 LSTM/Elman, batch >= 16: part of each step's GEMM instead),
 each step costs one hidden GEMM plus one fused gate pass, and after backward's
 time loop d_x, grad w_ih and grad w_hh are each one GEMM with K = T*B.
 """
@@ -415,6 +416,25 @@ cdef extern from *:
         }
     }
 
+    /* [A | B]^T packed as rnn_pack_panels does, K = K1 + K2 rows: W[k, n] =
+       a[n * K1 + k] for k < K1, then b[n * K2 + k - K1] (a step's input and
+       hidden weights, w_ih and w_hh, as one product over [x_t | h_{t-1}]). */
+    static void rnn_pack_panels_cat(Py_ssize_t K1, Py_ssize_t K2, Py_ssize_t N,
+                                    const float* restrict a, const float* restrict b,
+                                    float* restrict dst) {
+        Py_ssize_t K = K1 + K2, n0 = 0, k, j, wdt;
+        while (n0 < N) {
+            wdt = n0 + RNN_NV * RNN_VL <= N ? RNN_NV * RNN_VL
+                  : (n0 + RNN_VL <= N ? RNN_VL : N - n0);
+            for (j = 0; j < wdt; j++) {
+                for (k = 0; k < K1; k++) dst[k * wdt + j] = a[(n0 + j) * K1 + k];
+                for (k = 0; k < K2; k++) dst[(K1 + k) * wdt + j] = b[(n0 + j) * K2 + k];
+            }
+            dst += K * wdt;
+            n0 += wdt;
+        }
+    }
+
     /* C[M, N] (+)= A[M, k0:k1] @ W[k0:k1, :] with W packed by rnn_pack_panels
        for Ktot rows (panel p spans Ktot * width floats; rows k0..k1 of it are
        used). A's columns are indexed from k0 (a points at column 0). */
@@ -710,6 +730,8 @@ cdef extern from *:
                         Py_ssize_t ldc, int accumulate) noexcept nogil
     void rnn_pack_panels(Py_ssize_t K, Py_ssize_t N, const float* src, Py_ssize_t sk,
                          Py_ssize_t sn, float* dst) noexcept nogil
+    void rnn_pack_panels_cat(Py_ssize_t K1, Py_ssize_t K2, Py_ssize_t N, const float* a,
+                             const float* b, float* dst) noexcept nogil
     void rnn_sgemm_panels(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* a,
                           Py_ssize_t lda, const float* wp, float* c, Py_ssize_t ldc,
                           int accumulate) noexcept nogil
@@ -879,20 +901,41 @@ cdef inline void _hidden_grad_gemm(int rows, int N, int K, const floating* a,
         gemm(False, False, rows, N, K, <floating>1, a, <int>lda, w_hh, N, beta, c, <int>ldc)
 
 
+cdef void _fused_step_gemm(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
+                           const float* x_t, const float* h_prev, Py_ssize_t ld_hp,
+                           float* xh, const float* w_cat, Py_ssize_t N, float* c,
+                           Py_ssize_t ldc) noexcept nogil:
+    """c = [x_t | h_{t-1}] @ [w_ih | w_hh]^T for batch rows [b0, b1) (w_cat from
+    rnn_pack_panels_cat), the rows copied side by side into xh first."""
+    cdef Py_ssize_t F = d.F, H = d.H, K = d.F + d.H, b
+    for b in range(b0, b1):
+        memcpy(xh + b * K, x_t + b * F, F * sizeof(float))
+        memcpy(xh + b * K + F, h_prev + b * ld_hp, H * sizeof(float))
+    rnn_sgemm_panels(b1 - b0, N, K, xh + b0 * K, K, w_cat, c + b0 * ldc, ldc, 0)
+
+
 cdef void _forward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
                         const floating* w_hh, const floating* w_hh_t, const floating* bias,
                         const floating* bias_hn, const floating* h_prev,
                         Py_ssize_t ld_hp, const floating* c_prev, floating* c_new,
-                        floating* acts, floating* gh, floating* y_t) noexcept nogil:
-    """One time step for batch rows [b0, b1): hidden GEMM, then the fused gates."""
+                        floating* acts, floating* gh, floating* y_t,
+                        const floating* x_t, floating* xh) noexcept nogil:
+    """One time step for batch rows [b0, b1): hidden GEMM, then the fused gates.
+
+    With x_t (float32, see _fuse_input): w_hh_t holds [w_ih | w_hh]^T and the
+    step's GEMM includes the input projection (xh: the step's [x_t | h] rows).
+    """
     cdef Py_ssize_t H = d.H, ldy = d.ldy, b
     cdef int rows = <int>(b1 - b0)
     cdef floating* a
     cdef unsigned int fp_mode = engine_ftz_enter()
     if d.mode == RNN_LSTM:
-        # acts_t already holds x W_ih^T; add h_{t-1} W_hh^T on top.
-        _hidden_gemm(rows, <int>(4 * H), <int>H, h_prev + b0 * ld_hp, ld_hp, w_hh, w_hh_t,
-                     <floating>1, acts + b0 * 4 * H, 4 * H)
+        if floating is float and x_t != NULL:
+            _fused_step_gemm(d, b0, b1, x_t, h_prev, ld_hp, xh, w_hh_t, 4 * H, acts, 4 * H)
+        else:
+            # acts_t already holds x W_ih^T; add h_{t-1} W_hh^T on top.
+            _hidden_gemm(rows, <int>(4 * H), <int>H, h_prev + b0 * ld_hp, ld_hp, w_hh,
+                         w_hh_t, <floating>1, acts + b0 * 4 * H, 4 * H)
         for b in range(b0, b1):
             a = acts + b * 4 * H
             if floating is float:
@@ -914,9 +957,12 @@ cdef void _forward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
                 rnn_gru_fwd_d(H, H, a, a + H, a + 2 * H, a + 3 * H, gh + b * 3 * H, bias,
                               bias_hn, h_prev + b * ld_hp, y_t + b * ldy)
     else:
-        # Elman: y_t holds x W_ih^T; the activation is applied in place.
-        _hidden_gemm(rows, <int>H, <int>H, h_prev + b0 * ld_hp, ld_hp, w_hh, w_hh_t,
-                     <floating>1, y_t + b0 * ldy, ldy)
+        if floating is float and x_t != NULL:
+            _fused_step_gemm(d, b0, b1, x_t, h_prev, ld_hp, xh, w_hh_t, H, y_t, ldy)
+        else:
+            # Elman: y_t holds x W_ih^T; the activation is applied in place.
+            _hidden_gemm(rows, <int>H, <int>H, h_prev + b0 * ld_hp, ld_hp, w_hh, w_hh_t,
+                         <floating>1, y_t + b0 * ldy, ldy)
         for b in range(b0, b1):
             if floating is float:
                 rnn_elman_fwd_f(H, d.mode == RNN_RELU, bias, y_t + b * ldy)
@@ -951,6 +997,20 @@ cdef void _gemv_forward_steps(const rnn_dims* d, const float* w_hh, const float*
     rnn_gemv_steps(&p, <int>p.nchunks)
 
 
+# float32 LSTM / Elman steps with at least this batch and [w_ih | w_hh]^T
+# panels of at most this size (they stream from L2 every step) do the input
+# projection inside each step's GEMM (K = F + H, _fused_step_gemm) instead of
+# one BLAS GEMM over all steps first: no T*B x G*H pass written to memory and
+# read back step by step, and one K loop per output tile instead of two.
+cdef Py_ssize_t _FUSE_MIN_BATCH = 16
+cdef Py_ssize_t _FUSE_MAX_PANEL_BYTES = 448 * 1024
+
+
+cdef bint _fuse_input(const rnn_dims* d) noexcept nogil:
+    return (d.mode != RNN_GRU and d.B >= _FUSE_MIN_BATCH
+            and (d.F + d.H) * rnn_num_gates(d.mode) * d.H * 4 <= _FUSE_MAX_PANEL_BYTES)
+
+
 cdef int rnn_forward(const rnn_dims* d, const floating* x,
                      const floating* w_ih, const floating* w_hh,
                      const floating* b_ih, const floating* b_hh,
@@ -961,7 +1021,10 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
     cdef Py_ssize_t G = rnn_num_gates(d.mode), TB = d.T * d.B, BH = d.B * d.H
     cdef Py_ssize_t AW = _acts_width(d)
     cdef Py_ssize_t s, t, tp, k, b, c, b0, b1, nchunks, step
-    cdef bint training = ws != NULL, gemv_steps
+    cdef bint training = ws != NULL, gemv_steps, fuse
+    cdef Py_ssize_t extra
+    cdef const floating* x_t
+    cdef floating* xh = NULL
     cdef floating* buf = NULL
     cdef floating* bias = NULL
     cdef floating* bias_hn
@@ -1001,14 +1064,24 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
     # For float32 also W_hh^T packed in panels, the layout the per-step kernel streams.
     # (Only the biases need zeroing; the panels, only allocated where used, are
     # overwritten whole: a calloc of them cost ~8% of a short batch-1 call.)
-    bias = <floating*>malloc(((G + 1) * H + (G * H * H if floating is float
-                                            and B >= _TILE_MIN_BATCH else 0))
-                             * sizeof(floating))
+    fuse = floating is float and _fuse_input(d)
+    if fuse:        # [w_ih | w_hh]^T panels, then the step's [x_t | h] rows
+        extra = G * H * (I + H) + B * (I + H)
+    elif floating is float and B >= _TILE_MIN_BATCH:
+        extra = G * H * H
+    else:
+        extra = 0
+    bias = <floating*>malloc(((G + 1) * H + extra) * sizeof(floating))
     if bias == NULL:
         free(buf)
         return ENGINE_ENOMEM
     memset(bias, 0, (G + 1) * H * sizeof(floating))
-    if floating is float and B >= _TILE_MIN_BATCH:
+    if fuse:
+        w_hh_t = bias + (G + 1) * H
+        xh = w_hh_t + G * H * (I + H)
+        rnn_pack_panels_cat(I, H, G * H, <const float*>w_ih, <const float*>w_hh,
+                            <float*>w_hh_t)
+    elif floating is float and B >= _TILE_MIN_BATCH:
         w_hh_t = bias + (G + 1) * H
         # W[k, n] = w_hh[n, k]: K = H, N = G*H.
         rnn_pack_panels(H, G * H, w_hh, 1, H, w_hh_t)
@@ -1023,8 +1096,10 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
                 bias[k] += b_hh[k]
 
     fp_mode = engine_ftz_enter()
-    # Input projection of every step at once.
-    if AW > 0:
+    # Input projection of every step at once (unless each step does its own).
+    if fuse:
+        pass
+    elif AW > 0:
         gemm_parallel(False, True, <int>TB, <int>(G * H), <int>I, <floating>1, x, <int>I,
                       w_ih, <int>I, <floating>0, acts, <int>AW)
     else:
@@ -1056,9 +1131,10 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
             else:
                 c_new = cells + (s % 2) * BH
                 c_prev = c0 if s == 0 else cells + ((s + 1) % 2) * BH
+        x_t = x + t * B * I if fuse else NULL
         if nchunks == 1:
             _forward_rows(d, 0, B, w_hh, w_hh_t, bias, bias_hn, h_prev, ld_hp, c_prev, c_new,
-                          acts + t * B * AW, gh, y + t * B * ldy)
+                          acts + t * B * AW, gh, y + t * B * ldy, x_t, xh)
         else:
             for c in prange(nchunks, nogil=True, schedule='static',
                             num_threads=engine_num_threads()):
@@ -1066,7 +1142,7 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
                 b1 = min(B, b0 + step)
                 if b0 < b1:
                     _forward_rows(d, b0, b1, w_hh, w_hh_t, bias, bias_hn, h_prev, ld_hp, c_prev,
-                                  c_new, acts + t * B * AW, gh, y + t * B * ldy)
+                                  c_new, acts + t * B * AW, gh, y + t * B * ldy, x_t, xh)
 
     # Final states: the last processed step.
     t = _time_index(d, T - 1)
