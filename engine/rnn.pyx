@@ -94,7 +94,8 @@ cdef extern from *:
     #define RNN_DEFINE_CELLS(T, S, SIGM, TANH) \
     static void rnn_lstm_fwd_##S(Py_ssize_t n, Py_ssize_t H, T* restrict gi, \
             T* restrict gf, T* restrict gg, T* restrict go, const T* restrict bias, \
-            const T* restrict c_prev, T* restrict c_new, T* restrict h) { \
+            const T* restrict c_prev, T* restrict c_new, T* restrict tc_new, \
+            T* restrict h) { \
         for (Py_ssize_t j = 0; j < n; j++) { \
             T i = SIGM(gi[j] + bias[j]); \
             T f = SIGM(gf[j] + bias[H + j]); \
@@ -105,16 +106,21 @@ cdef extern from *:
             gi[j] = i; gf[j] = f; gg[j] = g; go[j] = o; \
         } \
         /* A second loop: one loop with tanh(c) at the end of the chain of \
-           four gates is latency-bound (measured 18 percent slower). */ \
-        for (Py_ssize_t j = 0; j < n; j++) h[j] = go[j] * TANH(c_new[j]); \
+           four gates is latency-bound (measured 18 percent slower). tanh(c) \
+           is kept for the backward pass. */ \
+        for (Py_ssize_t j = 0; j < n; j++) { \
+            T tc = TANH(c_new[j]); \
+            tc_new[j] = tc; \
+            h[j] = go[j] * tc; \
+        } \
     } \
     static void rnn_lstm_bwd_##S(Py_ssize_t H, T* restrict gi, T* restrict gf, \
-            T* restrict gg, T* restrict go, const T* restrict c, \
+            T* restrict gg, T* restrict go, const T* restrict tc_t, \
             const T* restrict c_prev, const T* restrict dy, const T* restrict dh_rec, \
             T* restrict dc) { \
         for (Py_ssize_t j = 0; j < H; j++) { \
             T i = gi[j], f = gf[j], g = gg[j], o = go[j]; \
-            T tc = TANH(c[j]); \
+            T tc = tc_t[j]; \
             T dh = dy[j] + dh_rec[j]; \
             T dcj = dc[j] + dh * o * (1 - tc * tc); \
             go[j] = dh * tc * o * (1 - o); \
@@ -547,18 +553,20 @@ cdef extern from *:
         const float* hp = s == 0 ? p->h0 : p->y + tp * B * ldy;
         Py_ssize_t ldh = s == 0 ? H : ldy;
         const float* cp = NULL;
-        float* cn = NULL;
+        float *cn = NULL, *tcn = NULL;
         /* All units: the gates' rows are one run of W_hh. */
         int nseg = n == H ? 1 : (p->mode == 2 ? 4 : 3);
         if (n <= 0)
             return;
         if (p->mode == 2) {
-            if (p->keep_cells) {
+            if (p->keep_cells) {    /* cells, then tanh(cells) (rnn_workspace_size) */
                 cn = p->cells + t * BH;
                 cp = s == 0 ? p->c0 : p->cells + tp * BH;
-            } else {        /* inference: two cell rows used alternately */
+                tcn = p->cells + (T + t) * BH;
+            } else {        /* inference: two cell rows used alternately, tanh(c) row */
                 cn = p->cells + (s % 2) * BH;
                 cp = s == 0 ? p->c0 : p->cells + ((s + 1) % 2) * BH;
+                tcn = p->cells + 2 * BH;
             }
         }
         for (Py_ssize_t b = 0; b < B; b++) {
@@ -568,7 +576,7 @@ cdef extern from *:
             if (p->mode == 2) {         /* acts_t holds x W_ih^T: add h W_hh^T */
                 rnn_sgemv_segs(nseg, H, n * 4 / nseg, H, w + j0 * H, H, h, a, H, 1);
                 rnn_lstm_fwd_f(n, H, a, a + H, a + 2 * H, a + 3 * H, p->bias + j0,
-                               cp + b * H + j0, cn + b * H + j0, yb);
+                               cp + b * H + j0, cn + b * H + j0, tcn + b * H + j0, yb);
             } else if (p->mode == 3) {  /* hidden part apart: r * (W_hn h + b_hn) */
                 float* gh = p->gh + b * 3 * H + j0;
                 rnn_sgemv_segs(nseg, H, n * 3 / nseg, H, w + j0 * H, H, h, gh, H, 0);
@@ -697,15 +705,15 @@ cdef extern from *:
     """
     void rnn_lstm_fwd_f(Py_ssize_t n, Py_ssize_t H, float* gi, float* gf, float* gg, float* go,
                         const float* bias, const float* c_prev, float* c_new,
-                        float* h) noexcept nogil
+                        float* tc_new, float* h) noexcept nogil
     void rnn_lstm_fwd_d(Py_ssize_t n, Py_ssize_t H, double* gi, double* gf, double* gg, double* go,
                         const double* bias, const double* c_prev, double* c_new,
-                        double* h) noexcept nogil
+                        double* tc_new, double* h) noexcept nogil
     void rnn_lstm_bwd_f(Py_ssize_t H, float* gi, float* gf, float* gg, float* go,
-                        const float* c, const float* c_prev, const float* dy,
+                        const float* tc_t, const float* c_prev, const float* dy,
                         const float* dh_rec, float* dc) noexcept nogil
     void rnn_lstm_bwd_d(Py_ssize_t H, double* gi, double* gf, double* gg, double* go,
-                        const double* c, const double* c_prev, const double* dy,
+                        const double* tc_t, const double* c_prev, const double* dy,
                         const double* dh_rec, double* dc) noexcept nogil
     void rnn_gru_fwd_f(Py_ssize_t n, Py_ssize_t H, float* ar, float* az, float* an, float* ahn,
                        const float* gh, const float* bias, const float* bias_hn,
@@ -801,8 +809,8 @@ cdef inline Py_ssize_t _acts_width(const rnn_dims* d) noexcept nogil:
 
 cdef Py_ssize_t rnn_workspace_size(const rnn_dims* d) noexcept nogil:
     cdef Py_ssize_t TB = d.T * d.B, BH = d.B * d.H, H = d.H
-    if d.mode == RNN_LSTM:    # acts | cells | dh | dc
-        return TB * 4 * H + TB * H + 2 * BH
+    if d.mode == RNN_LSTM:    # acts | cells | tanh(cells) | dh | dc
+        return TB * 4 * H + 2 * TB * H + 2 * BH
     if d.mode == RNN_GRU:     # acts | step gh | d gates_h | dh
         return TB * 4 * H + d.B * 3 * H + TB * 3 * H + BH
     return TB * H + BH        # Elman: d gates | dh
@@ -918,7 +926,7 @@ cdef void _forward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
                         const floating* w_hh, const floating* w_hh_t, const floating* bias,
                         const floating* bias_hn, const floating* h_prev,
                         Py_ssize_t ld_hp, const floating* c_prev, floating* c_new,
-                        floating* acts, floating* gh, floating* y_t,
+                        floating* tc_new, floating* acts, floating* gh, floating* y_t,
                         const floating* x_t, floating* xh) noexcept nogil:
     """One time step for batch rows [b0, b1): hidden GEMM, then the fused gates.
 
@@ -940,10 +948,10 @@ cdef void _forward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
             a = acts + b * 4 * H
             if floating is float:
                 rnn_lstm_fwd_f(H, H, a, a + H, a + 2 * H, a + 3 * H, bias, c_prev + b * H,
-                               c_new + b * H, y_t + b * ldy)
+                               c_new + b * H, tc_new + b * H, y_t + b * ldy)
             else:
                 rnn_lstm_fwd_d(H, H, a, a + H, a + 2 * H, a + 3 * H, bias, c_prev + b * H,
-                               c_new + b * H, y_t + b * ldy)
+                               c_new + b * H, tc_new + b * H, y_t + b * ldy)
     elif d.mode == RNN_GRU:
         # The hidden part stays separate: n needs r * (W_hn h + b_hn).
         _hidden_gemm(rows, <int>(3 * H), <int>H, h_prev + b0 * ld_hp, ld_hp, w_hh, w_hh_t,
@@ -1035,6 +1043,7 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
     cdef const floating* h_prev
     cdef const floating* c_prev = NULL
     cdef floating* c_new = NULL
+    cdef floating* tc_new = NULL
     cdef Py_ssize_t ld_hp
     cdef unsigned int fp_mode
     if _check_dims(d) != ENGINE_OK:
@@ -1053,7 +1062,8 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
         elif d.mode == RNN_GRU:
             gh = ws + TB * AW
     elif d.mode == RNN_LSTM or d.mode == RNN_GRU:
-        # LSTM: acts | two cell rows used alternately; GRU: acts | step gh.
+        # LSTM: acts | two cell rows used alternately, a tanh(c) row;
+        # GRU: acts | step gh.
         buf = <floating*>malloc((TB * AW + 3 * BH) * sizeof(floating))
         if buf == NULL:
             return ENGINE_ENOMEM
@@ -1125,16 +1135,18 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
             h_prev = y + tp * B * ldy
             ld_hp = ldy
         if d.mode == RNN_LSTM:
-            if training:
+            if training:        # cells, then tanh(cells) (rnn_workspace_size)
                 c_new = cells + t * BH
                 c_prev = c0 if s == 0 else cells + tp * BH
-            else:
+                tc_new = cells + (T + t) * BH
+            else:               # two cell rows used alternately, a tanh(c) row
                 c_new = cells + (s % 2) * BH
                 c_prev = c0 if s == 0 else cells + ((s + 1) % 2) * BH
+                tc_new = cells + 2 * BH
         x_t = x + t * B * I if fuse else NULL
         if nchunks == 1:
             _forward_rows(d, 0, B, w_hh, w_hh_t, bias, bias_hn, h_prev, ld_hp, c_prev, c_new,
-                          acts + t * B * AW, gh, y + t * B * ldy, x_t, xh)
+                          tc_new, acts + t * B * AW, gh, y + t * B * ldy, x_t, xh)
         else:
             for c in prange(nchunks, nogil=True, schedule='static',
                             num_threads=engine_num_threads()):
@@ -1142,7 +1154,8 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
                 b1 = min(B, b0 + step)
                 if b0 < b1:
                     _forward_rows(d, b0, b1, w_hh, w_hh_t, bias, bias_hn, h_prev, ld_hp, c_prev,
-                                  c_new, acts + t * B * AW, gh, y + t * B * ldy, x_t, xh)
+                                  c_new, tc_new, acts + t * B * AW, gh, y + t * B * ldy, x_t,
+                                  xh)
 
     # Final states: the last processed step.
     t = _time_index(d, T - 1)
@@ -1160,7 +1173,7 @@ cdef void _backward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
                          const floating* w_hh, const floating* w_hh_p,
                          const floating* dg_next, Py_ssize_t ldg,
                          floating* dh, floating* dc, floating* acts_t, floating* dgh_t,
-                         const floating* cell_t, const floating* c_prev,
+                         const floating* tc_t, const floating* c_prev,
                          const floating* h_prev, Py_ssize_t ld_hp,
                          const floating* y_t, const floating* dy_t) noexcept nogil:
     """One backward step for batch rows [b0, b1): dh = dG_next W_hh, then the fused gates.
@@ -1179,10 +1192,10 @@ cdef void _backward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
         for b in range(b0, b1):
             a = acts_t + b * 4 * H
             if floating is float:
-                rnn_lstm_bwd_f(H, a, a + H, a + 2 * H, a + 3 * H, cell_t + b * H,
+                rnn_lstm_bwd_f(H, a, a + H, a + 2 * H, a + 3 * H, tc_t + b * H,
                                c_prev + b * H, dy_t + b * ldy, dh + b * H, dc + b * H)
             else:
-                rnn_lstm_bwd_d(H, a, a + H, a + 2 * H, a + 3 * H, cell_t + b * H,
+                rnn_lstm_bwd_d(H, a, a + H, a + 2 * H, a + 3 * H, tc_t + b * H,
                                c_prev + b * H, dy_t + b * ldy, dh + b * H, dc + b * H)
     elif d.mode == RNN_GRU:
         # dh already holds the direct term dh_next * z; add the gates' part.
@@ -1415,8 +1428,8 @@ cdef int rnn_backward(const rnn_dims* d, const floating* x,
 
     if d.mode == RNN_LSTM:
         acts = ws
-        cells = ws + TB * AW
-        dh = cells + TB * H
+        cells = ws + TB * AW        # then tanh(cells), TB * H each
+        dh = cells + 2 * TB * H
         dc = dh + BH
         dgx = dgh_all = acts
         ldgx = ldgh = AW
@@ -1473,7 +1486,7 @@ cdef int rnn_backward(const rnn_dims* d, const floating* x,
             _backward_rows(d, 0, B, w_hh, w_hh_p, dg_next, ldgh, dh, dc,
                            acts + t * B * (AW if AW > 0 else H),
                            dgh + t * B * 3 * H if dgh != NULL else NULL,
-                           cells + t * BH if cells != NULL else NULL, c_prev,
+                           cells + (T + t) * BH if cells != NULL else NULL, c_prev,
                            h_prev, ld_hp, y + t * B * ldy, d_y + t * B * ldy)
             if floating is float:
                 if dgp != NULL:
@@ -1487,7 +1500,7 @@ cdef int rnn_backward(const rnn_dims* d, const floating* x,
                     _backward_rows(d, b0, b1, w_hh, w_hh_p, dg_next, ldgh, dh, dc,
                                    acts + t * B * (AW if AW > 0 else H),
                                    dgh + t * B * 3 * H if dgh != NULL else NULL,
-                                   cells + t * BH if cells != NULL else NULL, c_prev,
+                                   cells + (T + t) * BH if cells != NULL else NULL, c_prev,
                                    h_prev, ld_hp, y + t * B * ldy, d_y + t * B * ldy)
                     if floating is float:
                         if dgp != NULL:
