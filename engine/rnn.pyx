@@ -659,8 +659,8 @@ cdef extern from *:
     #define RNN_NOW() __rdtsc()
     #else
     static unsigned long long rnn_stall_ticks(void) { return 100000; }
-    static unsigned long long rnn_spin_clock = 0;
-    #define RNN_NOW() (rnn_spin_clock += 50)   /* about 50 ns a spin */
+    static __thread unsigned long long rnn_spin_clock = 0;
+    #define RNN_NOW() (rnn_spin_clock += 50)   /* about 50 ns a spin, per thread */
     #endif
 
     static void rnn_gemv_steps_run(const rnn_gemv_steps_args* p, rnn_tickets* tk, int tid,
