@@ -1349,9 +1349,9 @@ cdef int _panel_weight_grads(const rnn_dims* d, const float* x, const float* y,
     cdef Py_ssize_t T = d.T, B = d.B, I = d.F, H = d.H, TB = d.T * d.B
     cdef Py_ssize_t W = d.F + d.H + (1 if with_bias else 0)
     cdef Py_ssize_t GH = rnn_num_gates(d.mode) * d.H
-    cdef Py_ssize_t s, t, b, j, k, ld_hp, nchunks, step, c, m0, m1, k0, j0, k1, jj, kk
+    cdef Py_ssize_t s, t, j, k, ld_hp, nchunks, step, c, m0, m1, k0
     cdef const float* hp
-    cdef float* xht = <float*>malloc(W * TB * sizeof(float))
+    cdef float* xht = <float*>malloc(max(W * TB, GH * (I + H)) * sizeof(float))
     cdef float* ct = <float*>malloc(W * GH * sizeof(float))
     if xht == NULL or ct == NULL:
         free(xht)
@@ -1379,18 +1379,14 @@ cdef int _panel_weight_grads(const rnn_dims* d, const float* x, const float* y,
                                    xht + m0 * TB, TB, dgp, ct + m0 * GH, GH, k0 > 0)
                 k0 = k0 + _WG_KBLOCK
 
-    # Add the transposed product, in 16 x 16 blocks.
-    for j0 in range(0, I + H, 16):
-        for k0 in range(0, GH, 16):
-            j1 = min(I + H, j0 + 16)
-            k1 = min(GH, k0 + 16)
-            for jj in range(j0, j1):
-                if jj < I:
-                    for kk in range(k0, k1):
-                        grad_w_ih[kk * I + jj] += ct[jj * GH + kk]
-                else:
-                    for kk in range(k0, k1):
-                        grad_w_hh[kk * H + jj - I] += ct[jj * GH + kk]
+    # Add the transposed product: transposed into xht (no longer needed; sized
+    # for this too), then added row by row (contiguous, vectorised).
+    rnn_transpose_f(I + H, GH, ct, GH, xht, I + H)
+    for k in range(GH):
+        for j in range(I):
+            grad_w_ih[k * I + j] += xht[k * (I + H) + j]
+        for j in range(H):
+            grad_w_hh[k * H + j] += xht[k * (I + H) + I + j]
     if with_bias:
         for k in range(GH):
             if grad_b_ih != NULL:
