@@ -581,6 +581,11 @@ cdef extern from *:
         Py_ssize_t T, B, H, ldy, nchunks, step;
         const float *w_hh, *bias, *bias_hn, *h0, *c0;
         float *acts, *gh, *cells, *y;
+        /* npre tasks before the steps (the input projection's column
+           chunks, fixed by the shape): pre(pre_ctx, i), i < npre. */
+        Py_ssize_t npre;
+        void (*pre)(void*, Py_ssize_t);
+        void* pre_ctx;
     } rnn_gemv_steps_args;
 
     static void rnn_gemv_chunk(const rnn_gemv_steps_args* p, Py_ssize_t s, Py_ssize_t c) {
@@ -629,7 +634,8 @@ cdef extern from *:
         }
     }
 
-    /* Tickets g = s * nchunks + c, taken in order; done counts finished ones;
+    /* Tickets g = npre + s * nchunks + c (after the npre tasks g < npre),
+       taken in order; done counts finished ones;
        solo: a stall was seen, only thread 0 goes on. On their own cache
        lines: each is written by every thread. */
     typedef struct {
@@ -665,7 +671,7 @@ cdef extern from *:
 
     static void rnn_gemv_steps_run(const rnn_gemv_steps_args* p, rnn_tickets* tk, int tid,
                                    unsigned long long stall) {
-        const Py_ssize_t total = p->T * p->nchunks;
+        const Py_ssize_t total = p->npre + p->T * p->nchunks;
         unsigned int fp_mode = engine_ftz_enter();
         for (;;) {
             if (tid != 0 && __atomic_load_n(&tk->solo, __ATOMIC_RELAXED))
@@ -673,8 +679,8 @@ cdef extern from *:
             Py_ssize_t g = __atomic_load_n(&tk->next, __ATOMIC_RELAXED);
             if (g >= total)
                 break;
-            /* Wait for the ticket's step to be ready. */
-            Py_ssize_t want = g - g % p->nchunks;
+            /* Wait for the ticket's step to be ready (the tasks before all). */
+            Py_ssize_t want = g < p->npre ? 0 : g - (g - p->npre) % p->nchunks;
             if (__atomic_load_n(&tk->done, __ATOMIC_ACQUIRE) < want) {
                 unsigned long long t0 = RNN_NOW();
                 while (__atomic_load_n(&tk->done, __ATOMIC_ACQUIRE) < want) {
@@ -693,7 +699,10 @@ cdef extern from *:
             if (!__atomic_compare_exchange_n(&tk->next, &g, g + 1, 0, __ATOMIC_ACQUIRE,
                                              __ATOMIC_RELAXED))
                 continue;
-            rnn_gemv_chunk(p, g / p->nchunks, g % p->nchunks);
+            if (g < p->npre)
+                p->pre(p->pre_ctx, g);
+            else
+                rnn_gemv_chunk(p, (g - p->npre) / p->nchunks, (g - p->npre) % p->nchunks);
             __atomic_fetch_add(&tk->done, 1, __ATOMIC_RELEASE);
         }
         engine_ftz_exit(fp_mode);
@@ -803,6 +812,9 @@ cdef extern from *:
         float* gh
         float* cells
         float* y
+        Py_ssize_t npre
+        void (*pre)(void*, Py_ssize_t) noexcept nogil
+        void* pre_ctx
     void rnn_gemv_steps(const rnn_gemv_steps_args* p, int nthreads) noexcept nogil
     void rnn_colsum_add_f(Py_ssize_t rows, Py_ssize_t cols, const float* a,
                           Py_ssize_t lda, float* out) noexcept nogil
@@ -1029,13 +1041,37 @@ cdef double _GEMV_SPLIT_MIN_BYTES = 96.0 * 1024
 cdef Py_ssize_t _GEMV_SPLIT_UNITS = 8
 
 
-cdef void _gemv_forward_steps(const rnn_dims* d, const float* w_hh, const float* bias,
+# ... and its input projection in column chunks of at least this much work
+# (fixed by the shape; the batch-1 LSTM T100 64->128 makes two), run as the
+# first tasks of the same parallel region.
+cdef double _GEMV_INPUT_MIN_FLOPS = 2.0e6
+
+
+ctypedef struct _input_task:
+    int M, N, K, ldc, width
+    const float* x
+    const float* w_ih
+    float* c
+
+
+cdef void _input_chunk(void* ctx, Py_ssize_t i) noexcept nogil:
+    """Columns [i * width, (i + 1) * width) of c = x @ w_ih^T."""
+    cdef _input_task* p = <_input_task*>ctx
+    cdef int lo = <int>(i * p.width)
+    gemm(False, True, p.M, min(p.N - lo, p.width), p.K, <float>1, p.x, p.K,
+         p.w_ih + <Py_ssize_t>lo * p.K, p.K, <float>0, p.c + lo, p.ldc)
+
+
+cdef void _gemv_forward_steps(const rnn_dims* d, const float* x, const float* w_ih,
+                              const float* w_hh, const float* bias,
                               const float* bias_hn, const float* h0, const float* c0,
                               float* acts, float* gh, float* cells, float* y,
                               bint keep_cells) noexcept nogil:
-    """Every forward step of a float32 batch < 4 layer, a chunk of hidden
-    units per thread (rnn_gemv_steps; the same bits for any thread count)."""
+    """The input projection and every forward step of a float32 batch < 4
+    layer, a chunk of hidden units per thread (rnn_gemv_steps; the same bits
+    for any thread count)."""
     cdef rnn_gemv_steps_args p
+    cdef _input_task task
     cdef Py_ssize_t G = rnn_num_gates(d.mode), H = d.H
     cdef Py_ssize_t most = <Py_ssize_t>(4.0 * d.B * G * H * H / _GEMV_SPLIT_MIN_BYTES)
     p.mode, p.reverse, p.keep_cells = d.mode, d.reverse, keep_cells
@@ -1044,6 +1080,16 @@ cdef void _gemv_forward_steps(const rnn_dims* d, const float* w_hh, const float*
     p.step = ceil_div(ceil_div(H, p.nchunks), _GEMV_SPLIT_UNITS) * _GEMV_SPLIT_UNITS
     p.w_hh, p.bias, p.bias_hn, p.h0, p.c0 = w_hh, bias, bias_hn, h0, c0
     p.acts, p.gh, p.cells, p.y = acts, gh, cells, y
+    task.M, task.N, task.K = <int>(d.T * d.B), <int>(G * H), <int>d.F
+    task.x, task.w_ih = x, w_ih
+    if d.mode == RNN_LSTM or d.mode == RNN_GRU:
+        task.c, task.ldc = acts, <int>(4 * H)
+    else:
+        task.c, task.ldc = y, <int>d.ldy
+    p.npre = work_chunks(task.N // 64, 2.0 * task.M * task.N * task.K,
+                         _GEMV_INPUT_MIN_FLOPS, _MAX_CHUNKS)
+    task.width = <int>(ceil_div(ceil_div(task.N, p.npre), 16) * 16)
+    p.pre, p.pre_ctx = _input_chunk, &task
     rnn_gemv_steps(&p, <int>p.nchunks)
 
 
@@ -1148,8 +1194,10 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
                 bias[k] += b_hh[k]
 
     fp_mode = engine_ftz_enter()
-    # Input projection of every step at once (unless each step does its own).
-    if fuse:
+    # Input projection of every step at once (unless each step does its own,
+    # or rnn_gemv_steps does it).
+    gemv_steps = floating is float and RNN_HAVE_GEMV and B < _TILE_MIN_BATCH
+    if fuse or gemv_steps:
         pass
     elif AW > 0:
         gemm_parallel(False, True, <int>TB, <int>(G * H), <int>I, <floating>1, x, <int>I,
@@ -1158,11 +1206,11 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
         gemm_parallel(False, True, <int>TB, <int>H, <int>I, <floating>1, x, <int>I,
                       w_ih, <int>I, <floating>0, y, <int>ldy)
 
-    gemv_steps = floating is float and RNN_HAVE_GEMV and B < _TILE_MIN_BATCH
     if gemv_steps:
-        _gemv_forward_steps(d, <const float*>w_hh, <const float*>bias,
-                            <const float*>bias_hn, <const float*>h0, <const float*>c0,
-                            <float*>acts, <float*>gh, <float*>cells, <float*>y, training)
+        _gemv_forward_steps(d, <const float*>x, <const float*>w_ih, <const float*>w_hh,
+                            <const float*>bias, <const float*>bias_hn, <const float*>h0,
+                            <const float*>c0, <float*>acts, <float*>gh, <float*>cells,
+                            <float*>y, training)
         if d.mode == RNN_LSTM:
             c_new = cells + (_time_index(d, T - 1) * BH if training else ((T - 1) % 2) * BH)
     nchunks = _step_chunks(d)

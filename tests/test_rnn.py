@@ -400,8 +400,10 @@ def test_fused_input_steps_threads_identical(mode, rng):
 
 # Batch < 4, float32: the forward steps split the hidden units among the threads
 # once each thread's share of W_hh is >= 96 KB; these shapes split at 2 and 3
-# threads, with hidden sizes that are not multiples of 8 (and 4), T = 1 included.
+# threads, with hidden sizes that are not multiples of 8 (and 4), T = 1 included
+# (T = 80: the input projection as two column chunks in the same region).
 @pytest.mark.parametrize("mode,T,B,I,H", [("LSTM", 7, 1, 5, 113), ("LSTM", 1, 1, 3, 128),
+                                          ("LSTM", 80, 1, 64, 113),
                                           ("LSTM", 3, 3, 4, 70), ("GRU", 5, 2, 3, 101),
                                           ("RNN_TANH", 4, 1, 3, 230),
                                           ("RNN_RELU", 2, 1, 3, 230)])
