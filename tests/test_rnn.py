@@ -443,6 +443,30 @@ def test_small_batch_steps_split_threads_identical(mode, T, B, I, H, dtype, reve
             assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("cls,kw,mode", CLASSES)
+@pytest.mark.parametrize("layout", ["seq_first", "batch_first", "unbatched"])
+@pytest.mark.parametrize("given_states", [False, True])
+def test_no_grad_single_layer_path_same_as_training(cls, kw, mode, layout, given_states,
+                                                     rng):
+    # One layer and direction under no_grad takes a shorter path (the kernel
+    # allocates outputs and zero states): same values, shapes and dtypes.
+    m = _module(cls, kw, np.float32, batch_first=layout == "batch_first")
+    shape = {"seq_first": (4, 3, 4), "batch_first": (3, 4, 4), "unbatched": (4, 4)}[layout]
+    x = rng.standard_normal(shape).astype(np.float32)
+    hx = None
+    if given_states:
+        sshape = (1, 5) if layout == "unbatched" else (1, 3, 5)
+        h = rng.standard_normal(sshape).astype(np.float32)
+        hx = (h, rng.standard_normal(sshape).astype(np.float32)) if mode == "LSTM" else h
+    want = m(x, hx)
+    with pe.no_grad():
+        got = m(x, hx)
+    flat = lambda r: [r[0], *r[1]] if mode == "LSTM" else list(r)
+    for g, w in zip(flat(got), flat(want)):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        assert np.array_equal(g, w)
+
+
 def test_parameter_names_shapes_and_init():
     pe.manual_seed(0)
     m = pe.GRU(10, 20, num_layers=2, bidirectional=True)
