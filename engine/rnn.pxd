@@ -11,9 +11,11 @@
 #                            layer write their halves of one (T, B, 2H) array
 #                            (offset the pointer by H for the second half).
 #
-# Forward: the input projection of all T steps is one GEMM; then per step one
+# Forward: the input projection of all T steps is one GEMM (or, float32 LSTM /
+# Elman with batch >= 16, part of each step's GEMM); then per step one
 # hidden GEMM and one fused gate kernel per chunk of batch rows (chunks fixed by
-# the shapes, run in an OpenMP loop). With a training workspace `ws`
+# the shapes, run in an OpenMP loop; float32 batches < 4 instead split each
+# step's hidden units among the threads). With a training workspace `ws`
 # (rnn_workspace_size elements) the gate activations and cell states are kept
 # there for rnn_backward; with ws == NULL (inference) a per-call buffer is used.
 #

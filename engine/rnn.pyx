@@ -2,7 +2,8 @@
 
 One call runs one layer in one direction over the whole sequence under
 nogil (see rnn.pxd for the layout). The GEMMs are hoisted and merged
-(PERFORMANCE.md, technique 5): the input projection of all steps is one GEMM,
+(PERFORMANCE.md, technique 5): the input projection of all steps is one GEMM
+(float32 LSTM/Elman, batch >= 16: part of each step's GEMM instead),
 each step costs one hidden GEMM plus one fused gate pass, and after backward's
 time loop d_x, grad w_ih and grad w_hh are each one GEMM with K = T*B.
 """
@@ -87,12 +88,15 @@ cdef extern from *:
 
     /* One batch row of each cell, forward and backward, for type T with
        suffix S. Gate pointers are separate restrict arguments (i, f, g, o
-       for the LSTM; r, z, n, hn for the GRU) so each loop vectorises. */
+       for the LSTM; r, z, n, hn for the GRU) so each loop vectorises. The
+       forward passes take n units of H (bias and gh gate blocks H apart), so
+       a slice of the hidden units can run on its own. */
     #define RNN_DEFINE_CELLS(T, S, SIGM, TANH) \
-    static void rnn_lstm_fwd_##S(Py_ssize_t H, T* restrict gi, T* restrict gf, \
-            T* restrict gg, T* restrict go, const T* restrict bias, \
-            const T* restrict c_prev, T* restrict c_new, T* restrict h) { \
-        for (Py_ssize_t j = 0; j < H; j++) { \
+    static void rnn_lstm_fwd_##S(Py_ssize_t n, Py_ssize_t H, T* restrict gi, \
+            T* restrict gf, T* restrict gg, T* restrict go, const T* restrict bias, \
+            const T* restrict c_prev, T* restrict c_new, T* restrict tc_new, \
+            T* restrict h) { \
+        for (Py_ssize_t j = 0; j < n; j++) { \
             T i = SIGM(gi[j] + bias[j]); \
             T f = SIGM(gf[j] + bias[H + j]); \
             T g = TANH(gg[j] + bias[2 * H + j]); \
@@ -102,16 +106,21 @@ cdef extern from *:
             gi[j] = i; gf[j] = f; gg[j] = g; go[j] = o; \
         } \
         /* A second loop: one loop with tanh(c) at the end of the chain of \
-           four gates is latency-bound (measured 18 percent slower). */ \
-        for (Py_ssize_t j = 0; j < H; j++) h[j] = go[j] * TANH(c_new[j]); \
+           four gates is latency-bound (measured 18 percent slower). tanh(c) \
+           is kept for the backward pass. */ \
+        for (Py_ssize_t j = 0; j < n; j++) { \
+            T tc = TANH(c_new[j]); \
+            tc_new[j] = tc; \
+            h[j] = go[j] * tc; \
+        } \
     } \
     static void rnn_lstm_bwd_##S(Py_ssize_t H, T* restrict gi, T* restrict gf, \
-            T* restrict gg, T* restrict go, const T* restrict c, \
+            T* restrict gg, T* restrict go, const T* restrict tc_t, \
             const T* restrict c_prev, const T* restrict dy, const T* restrict dh_rec, \
             T* restrict dc) { \
         for (Py_ssize_t j = 0; j < H; j++) { \
             T i = gi[j], f = gf[j], g = gg[j], o = go[j]; \
-            T tc = TANH(c[j]); \
+            T tc = tc_t[j]; \
             T dh = dy[j] + dh_rec[j]; \
             T dcj = dc[j] + dh * o * (1 - tc * tc); \
             go[j] = dh * tc * o * (1 - o); \
@@ -121,11 +130,11 @@ cdef extern from *:
             dc[j] = dcj * f; \
         } \
     } \
-    static void rnn_gru_fwd_##S(Py_ssize_t H, T* restrict ar, T* restrict az, \
-            T* restrict an, T* restrict ahn, const T* restrict gh, \
+    static void rnn_gru_fwd_##S(Py_ssize_t n, Py_ssize_t H, T* restrict ar, \
+            T* restrict az, T* restrict an, T* restrict ahn, const T* restrict gh, \
             const T* restrict bias, const T* restrict bias_hn, \
             const T* restrict h_prev, T* restrict h) { \
-        for (Py_ssize_t j = 0; j < H; j++) { \
+        for (Py_ssize_t j = 0; j < n; j++) { \
             T r = SIGM(ar[j] + bias[j] + gh[j]); \
             T z = SIGM(az[j] + bias[H + j] + gh[H + j]); \
             T hn = gh[2 * H + j] + bias_hn[j]; \
@@ -290,55 +299,98 @@ cdef extern from *:
        (row-major, no transpose per call). A step is bound by streaming W_hh
        (G*H x H floats) from L2: 4 rows at a time, two accumulators each over
        k, software prefetch ~6 KB ahead (measured 3.5 us for 512 x 128 on this
-       Zen 3, ~74 GB/s). Without AVX2 + FMA the caller uses BLAS sgemv. */
+       Zen 3, ~74 GB/s). Without AVX2 + FMA the caller uses BLAS sgemv.
+       Every row is summed in the same order whether it falls in a block of 4
+       or in the tail (rnn_sgemv_row mirrors the block's reduction tree), so a
+       row's result does not depend on how the rows are grouped into calls. */
     #if defined(__AVX2__) && defined(__FMA__)
     #include <immintrin.h>
     #define RNN_HAVE_GEMV 1
+    static inline float rnn_sgemv_tail(float v, Py_ssize_t k, Py_ssize_t K,
+                                       const float* restrict wr, const float* restrict x) {
+        for (; k < K; k++) v += wr[k] * x[k];
+        return v;
+    }
+    static void rnn_sgemv_row(Py_ssize_t K, const float* restrict wr,
+                              const float* restrict x, float* restrict y, int accumulate) {
+        __m256 a0 = _mm256_setzero_ps(), b0 = a0;
+        Py_ssize_t k;
+        for (k = 0; k + 16 <= K; k += 16) {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + k), _mm256_loadu_ps(x + k), a0);
+            b0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + k + 8), _mm256_loadu_ps(x + k + 8), b0);
+        }
+        a0 = _mm256_add_ps(a0, b0);
+        __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(a0, a0), _mm256_hadd_ps(a0, a0));
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+        float v = rnn_sgemv_tail(_mm_cvtss_f32(s), k, K, wr, x);
+        *y = accumulate ? *y + v : v;
+    }
+    /* Rows r of nseg segments of N rows: W[g * seg + r, :] -> y[g * ldy_seg + r]
+       (the rows of one hidden chunk in every gate). The prefetch runs ahead
+       in that sequence of rows, across segment ends. */
+    static void rnn_sgemv_segs(Py_ssize_t nseg, Py_ssize_t seg, Py_ssize_t N, Py_ssize_t K,
+                               const float* restrict w, Py_ssize_t ldw,
+                               const float* restrict x, float* restrict y,
+                               Py_ssize_t ldy_seg, int accumulate) {
+        Py_ssize_t ahead = (6144 / (4 * ldw) + 3) / 4 * 4, n, k, i;
+        if (ahead < 4) ahead = 4;
+        for (Py_ssize_t g = 0; g < nseg; g++) {
+            const float* ws = w + g * seg * ldw;
+            float* ys = y + g * ldy_seg;
+            for (n = 0; n + 4 <= N; n += 4) {
+                const float* wr = ws + n * ldw;
+                Py_ssize_t pn = n + ahead, pg = g;
+                if (pn >= N && pg + 1 < nseg) {
+                    pn -= N;
+                    pg++;
+                }
+                const char* pf = (const char*)(w + (pg * seg + pn) * ldw);
+                __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+                __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+                for (k = 0; k + 16 <= K; k += 16) {
+                    _mm_prefetch(pf + 4 * k, _MM_HINT_T0);
+                    _mm_prefetch(pf + 4 * (ldw + k), _MM_HINT_T0);
+                    _mm_prefetch(pf + 4 * (2 * ldw + k), _MM_HINT_T0);
+                    _mm_prefetch(pf + 4 * (3 * ldw + k), _MM_HINT_T0);
+                    __m256 xv = _mm256_loadu_ps(x + k), xw = _mm256_loadu_ps(x + k + 8);
+                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + k), xv, a0);
+                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + ldw + k), xv, a1);
+                    a2 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + 2 * ldw + k), xv, a2);
+                    a3 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + 3 * ldw + k), xv, a3);
+                    b0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + k + 8), xw, b0);
+                    b1 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + ldw + k + 8), xw, b1);
+                    b2 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + 2 * ldw + k + 8), xw, b2);
+                    b3 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + 3 * ldw + k + 8), xw, b3);
+                }
+                a0 = _mm256_add_ps(a0, b0);
+                a1 = _mm256_add_ps(a1, b1);
+                a2 = _mm256_add_ps(a2, b2);
+                a3 = _mm256_add_ps(a3, b3);
+                __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+                __m128 s = _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+                float part[4];
+                _mm_storeu_ps(part, s);
+                for (i = 0; i < 4; i++) {
+                    float v = rnn_sgemv_tail(part[i], k, K, wr + i * ldw, x);
+                    ys[n + i] = accumulate ? ys[n + i] + v : v;
+                }
+            }
+            for (; n < N; n++) rnn_sgemv_row(K, ws + n * ldw, x, ys + n, accumulate);
+        }
+    }
     static void rnn_sgemv_rows(Py_ssize_t N, Py_ssize_t K, const float* restrict w,
                                Py_ssize_t ldw, const float* restrict x, float* restrict y,
                                int accumulate) {
-        Py_ssize_t n = 0, k, kk;
-        for (; n + 4 <= N; n += 4) {
-            const float* wr = w + n * ldw;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-            for (k = 0; k + 16 <= K; k += 16) {
-                _mm_prefetch((const char*)(wr + k) + 6144, _MM_HINT_T0);
-                _mm_prefetch((const char*)(wr + ldw + k) + 6144, _MM_HINT_T0);
-                _mm_prefetch((const char*)(wr + 2 * ldw + k) + 6144, _MM_HINT_T0);
-                _mm_prefetch((const char*)(wr + 3 * ldw + k) + 6144, _MM_HINT_T0);
-                __m256 xv = _mm256_loadu_ps(x + k), xw = _mm256_loadu_ps(x + k + 8);
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + k), xv, a0);
-                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + ldw + k), xv, a1);
-                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + 2 * ldw + k), xv, a2);
-                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + 3 * ldw + k), xv, a3);
-                b0 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + k + 8), xw, b0);
-                b1 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + ldw + k + 8), xw, b1);
-                b2 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + 2 * ldw + k + 8), xw, b2);
-                b3 = _mm256_fmadd_ps(_mm256_loadu_ps(wr + 3 * ldw + k + 8), xw, b3);
-            }
-            a0 = _mm256_add_ps(a0, b0);
-            a1 = _mm256_add_ps(a1, b1);
-            a2 = _mm256_add_ps(a2, b2);
-            a3 = _mm256_add_ps(a3, b3);
-            __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-            __m128 s = _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
-            float part[4];
-            _mm_storeu_ps(part, s);
-            for (int i = 0; i < 4; i++) {
-                float v = part[i];
-                for (kk = k; kk < K; kk++) v += wr[i * ldw + kk] * x[kk];
-                y[n + i] = accumulate ? y[n + i] + v : v;
-            }
-        }
-        for (; n < N; n++) {
-            float v = 0;
-            for (k = 0; k < K; k++) v += w[n * ldw + k] * x[k];
-            y[n] = accumulate ? y[n] + v : v;
-        }
+        rnn_sgemv_segs(1, N, N, K, w, ldw, x, y, N, accumulate);
     }
     #else
     #define RNN_HAVE_GEMV 0
+    static void rnn_sgemv_segs(Py_ssize_t nseg, Py_ssize_t seg, Py_ssize_t N, Py_ssize_t K,
+                               const float* w, Py_ssize_t ldw, const float* x, float* y,
+                               Py_ssize_t ldy_seg, int accumulate) {
+        (void)nseg; (void)seg; (void)N; (void)K; (void)w; (void)ldw; (void)x; (void)y;
+        (void)ldy_seg; (void)accumulate;
+    }
     static void rnn_sgemv_rows(Py_ssize_t N, Py_ssize_t K, const float* w, Py_ssize_t ldw,
                                const float* x, float* y, int accumulate) {
         (void)N; (void)K; (void)w; (void)ldw; (void)x; (void)y; (void)accumulate;
@@ -364,6 +416,65 @@ cdef extern from *:
             } else {
                 for (j = 0; j < wdt; j++)
                     for (k = 0; k < K; k++) dst[k * wdt + j] = src[k * sk + (n0 + j) * sn];
+            }
+            dst += K * wdt;
+            n0 += wdt;
+        }
+    }
+
+    /* dst[c * ldd + r] = src[r * lds + c]: 8 x 8 blocks through AVX registers
+       where there are whole ones (a scalar loop, column by column, was a
+       third of the weight-gradient set-up), element by element elsewhere. */
+    static void rnn_transpose_f(Py_ssize_t rows, Py_ssize_t cols, const float* restrict src,
+                                Py_ssize_t lds, float* restrict dst, Py_ssize_t ldd) {
+        Py_ssize_t r0 = 0, c0, r, c;
+    #if RNN_HAVE_GEMV       /* immintrin.h is in, AVX2 */
+        for (; r0 + 8 <= rows; r0 += 8) {
+            for (c0 = 0; c0 + 8 <= cols; c0 += 8) {
+                const float* s = src + r0 * lds + c0;
+                __m256 a0 = _mm256_loadu_ps(s), a1 = _mm256_loadu_ps(s + lds);
+                __m256 a2 = _mm256_loadu_ps(s + 2 * lds), a3 = _mm256_loadu_ps(s + 3 * lds);
+                __m256 a4 = _mm256_loadu_ps(s + 4 * lds), a5 = _mm256_loadu_ps(s + 5 * lds);
+                __m256 a6 = _mm256_loadu_ps(s + 6 * lds), a7 = _mm256_loadu_ps(s + 7 * lds);
+                __m256 t0 = _mm256_unpacklo_ps(a0, a1), t1 = _mm256_unpackhi_ps(a0, a1);
+                __m256 t2 = _mm256_unpacklo_ps(a2, a3), t3 = _mm256_unpackhi_ps(a2, a3);
+                __m256 t4 = _mm256_unpacklo_ps(a4, a5), t5 = _mm256_unpackhi_ps(a4, a5);
+                __m256 t6 = _mm256_unpacklo_ps(a6, a7), t7 = _mm256_unpackhi_ps(a6, a7);
+                __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+                __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+                __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+                __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+                float* d = dst + c0 * ldd + r0;
+                _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+                _mm256_storeu_ps(d + ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+                _mm256_storeu_ps(d + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+                _mm256_storeu_ps(d + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+                _mm256_storeu_ps(d + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+                _mm256_storeu_ps(d + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+                _mm256_storeu_ps(d + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+                _mm256_storeu_ps(d + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+            }
+            for (; c0 < cols; c0++)
+                for (r = r0; r < r0 + 8; r++) dst[c0 * ldd + r] = src[r * lds + c0];
+        }
+    #endif
+        for (c = 0; c < cols; c++)
+            for (r = r0; r < rows; r++) dst[c * ldd + r] = src[r * lds + c];
+    }
+
+    /* [A | B]^T packed as rnn_pack_panels does, K = K1 + K2 rows: W[k, n] =
+       a[n * K1 + k] for k < K1, then b[n * K2 + k - K1] (a step's input and
+       hidden weights, w_ih and w_hh, as one product over [x_t | h_{t-1}]). */
+    static void rnn_pack_panels_cat(Py_ssize_t K1, Py_ssize_t K2, Py_ssize_t N,
+                                    const float* restrict a, const float* restrict b,
+                                    float* restrict dst) {
+        Py_ssize_t K = K1 + K2, n0 = 0, k, j, wdt;
+        while (n0 < N) {
+            wdt = n0 + RNN_NV * RNN_VL <= N ? RNN_NV * RNN_VL
+                  : (n0 + RNN_VL <= N ? RNN_VL : N - n0);
+            for (j = 0; j < wdt; j++) {
+                for (k = 0; k < K1; k++) dst[k * wdt + j] = a[(n0 + j) * K1 + k];
+                for (k = 0; k < K2; k++) dst[(K1 + k) * wdt + j] = b[(n0 + j) * K2 + k];
             }
             dst += K * wdt;
             n0 += wdt;
@@ -435,24 +546,228 @@ cdef extern from *:
 
     RNN_DEFINE_CELLS(float, f, rnn_sigmoidf, rnn_tanhf)
     RNN_DEFINE_CELLS(double, d, rnn_sigmoid, rnn_tanh)
+
+    /* The float32 forward steps of a batch < 4 (GEMV on W_hh as stored), the
+       hidden units of each step cut into nchunks chunks of `step` units, one
+       per thread. A chunk computes its units' rows of every gate (j, H + j,
+       2H + j, ... of W_hh), then the gate pass of those units: it needs
+       nothing else of its step, only all of the previous step's h.
+       A step is a few microseconds, too short for a parallel region each,
+       and a barrier per step stalls whenever one thread is not scheduled
+       (measured: median 7.9 ms instead of 0.43 for the batch-1 LSTM T100 on
+       the shared 2-core machine). So one region runs every step and the
+       threads take (step, chunk) tickets in order, each only once that step
+       is ready (all chunks of the step before done): a thread that is
+       descheduled holds nothing up but the chunk it is computing, and the
+       other one carries on alone. That stall still costs a time slice of
+       the scheduler (ms), many per call when other processes keep the cores
+       busy (median 19 ms with two busy loops running); so after a wait of
+       over 100 us (for a step, or for the helper thread at the end of the
+       region) the rest of the call runs on the first thread alone, and the
+       next calls run on one thread (64 calls, doubling up to 4096 while
+       stalls recur, reset by a parallel call without one). Who computes a
+       chunk does not change its
+       bits: every GEMV row is summed in one fixed order wherever it falls
+       (rnn_sgemv_segs) and the gate passes are element-wise, with the same
+       operations on a vector lane as in a scalar tail (no contraction here);
+       so the results are the same for any thread count.
+       Modes as rnn.pxd's enum (1 relu, 2 LSTM, 3 GRU, else tanh). */
+    #ifdef _OPENMP
+    #include <omp.h>
+    #endif
+    #include <sched.h>
+    typedef struct {
+        int mode, reverse, keep_cells;
+        Py_ssize_t T, B, H, ldy, nchunks, step;
+        const float *w_hh, *bias, *bias_hn, *h0, *c0;
+        float *acts, *gh, *cells, *y;
+        /* npre tasks before the steps (the input projection's column
+           chunks, fixed by the shape): pre(pre_ctx, i), i < npre. */
+        Py_ssize_t npre;
+        void (*pre)(void*, Py_ssize_t);
+        void* pre_ctx;
+    } rnn_gemv_steps_args;
+
+    static void rnn_gemv_chunk(const rnn_gemv_steps_args* p, Py_ssize_t s, Py_ssize_t c) {
+        const Py_ssize_t T = p->T, B = p->B, H = p->H, ldy = p->ldy, BH = B * H;
+        const Py_ssize_t AW = p->mode >= 2 ? 4 * H : 0;
+        const Py_ssize_t j0 = c * p->step;
+        const Py_ssize_t n = j0 + p->step <= H ? p->step : H - j0;
+        const float* w = p->w_hh;
+        Py_ssize_t t = p->reverse ? T - 1 - s : s, tp = p->reverse ? T - s : s - 1;
+        const float* hp = s == 0 ? p->h0 : p->y + tp * B * ldy;
+        Py_ssize_t ldh = s == 0 ? H : ldy;
+        const float* cp = NULL;
+        float *cn = NULL, *tcn = NULL;
+        /* All units: the gates' rows are one run of W_hh. */
+        int nseg = n == H ? 1 : (p->mode == 2 ? 4 : 3);
+        if (n <= 0)
+            return;
+        if (p->mode == 2) {
+            if (p->keep_cells) {    /* cells, then tanh(cells) (rnn_workspace_size) */
+                cn = p->cells + t * BH;
+                cp = s == 0 ? p->c0 : p->cells + tp * BH;
+                tcn = p->cells + (T + t) * BH;
+            } else {        /* inference: two cell rows used alternately, tanh(c) row */
+                cn = p->cells + (s % 2) * BH;
+                cp = s == 0 ? p->c0 : p->cells + ((s + 1) % 2) * BH;
+                tcn = p->cells + 2 * BH;
+            }
+        }
+        for (Py_ssize_t b = 0; b < B; b++) {
+            const float* h = hp + b * ldh;
+            float* yb = p->y + (t * B + b) * ldy + j0;
+            float* a = p->mode >= 2 ? p->acts + (t * B + b) * AW + j0 : NULL;
+            if (p->mode == 2) {         /* acts_t holds x W_ih^T: add h W_hh^T */
+                rnn_sgemv_segs(nseg, H, n * 4 / nseg, H, w + j0 * H, H, h, a, H, 1);
+                rnn_lstm_fwd_f(n, H, a, a + H, a + 2 * H, a + 3 * H, p->bias + j0,
+                               cp + b * H + j0, cn + b * H + j0, tcn + b * H + j0, yb);
+            } else if (p->mode == 3) {  /* hidden part apart: r * (W_hn h + b_hn) */
+                float* gh = p->gh + b * 3 * H + j0;
+                rnn_sgemv_segs(nseg, H, n * 3 / nseg, H, w + j0 * H, H, h, gh, H, 0);
+                rnn_gru_fwd_f(n, H, a, a + H, a + 2 * H, a + 3 * H, gh, p->bias + j0,
+                              p->bias_hn + j0, h + j0, yb);
+            } else {                    /* y_t holds x W_ih^T */
+                rnn_sgemv_rows(n, H, w + j0 * H, H, h, yb, 1);
+                rnn_elman_fwd_f(n, p->mode == 1, p->bias + j0, yb);
+            }
+        }
+    }
+
+    /* Tickets g = npre + s * nchunks + c (after the npre tasks g < npre),
+       taken in order; done counts finished ones;
+       solo: a stall was seen, only thread 0 goes on. On their own cache
+       lines: each is written by every thread. */
+    typedef struct {
+        Py_ssize_t next __attribute__((aligned(64)));
+        Py_ssize_t done __attribute__((aligned(64)));
+        int solo __attribute__((aligned(64)));
+    } rnn_tickets;
+
+    #if defined(__x86_64__) || defined(__i386__)
+    #include <x86intrin.h>
+    #include <time.h>
+    /* TSC ticks in 100 us (the TSC runs at a constant rate), measured once. */
+    static unsigned long long rnn_stall_ticks(void) {
+        static unsigned long long ticks = 0;
+        unsigned long long v = __atomic_load_n(&ticks, __ATOMIC_RELAXED);
+        if (v == 0) {
+            struct timespec a, b;
+            clock_gettime(CLOCK_MONOTONIC, &a);
+            unsigned long long t0 = __rdtsc();
+            do clock_gettime(CLOCK_MONOTONIC, &b);
+            while ((b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec) < 200000);
+            v = (__rdtsc() - t0) / 2 + 1;
+            __atomic_store_n(&ticks, v, __ATOMIC_RELAXED);
+        }
+        return v;
+    }
+    #define RNN_NOW() __rdtsc()
+    #else
+    static unsigned long long rnn_stall_ticks(void) { return 100000; }
+    static __thread unsigned long long rnn_spin_clock = 0;
+    #define RNN_NOW() (rnn_spin_clock += 50)   /* about 50 ns a spin, per thread */
+    #endif
+
+    static void rnn_gemv_steps_run(const rnn_gemv_steps_args* p, rnn_tickets* tk, int tid,
+                                   unsigned long long stall) {
+        const Py_ssize_t total = p->npre + p->T * p->nchunks;
+        unsigned int fp_mode = engine_ftz_enter();
+        for (;;) {
+            if (tid != 0 && __atomic_load_n(&tk->solo, __ATOMIC_RELAXED))
+                break;
+            Py_ssize_t g = __atomic_load_n(&tk->next, __ATOMIC_RELAXED);
+            if (g >= total)
+                break;
+            /* Wait for the ticket's step to be ready (the tasks before all). */
+            Py_ssize_t want = g < p->npre ? 0 : g - (g - p->npre) % p->nchunks;
+            if (__atomic_load_n(&tk->done, __ATOMIC_ACQUIRE) < want) {
+                unsigned long long t0 = RNN_NOW();
+                while (__atomic_load_n(&tk->done, __ATOMIC_ACQUIRE) < want) {
+    #if defined(__SSE2__)
+                    _mm_pause();
+    #endif
+                    if (RNN_NOW() - t0 > stall) {
+                        __atomic_store_n(&tk->solo, 1, __ATOMIC_RELAXED);
+                        if (tid != 0)
+                            break;
+                        sched_yield();  /* the thread we wait for may need this core */
+                    }
+                }
+                continue;               /* look again: solo, or another ticket */
+            }
+            if (!__atomic_compare_exchange_n(&tk->next, &g, g + 1, 0, __ATOMIC_ACQUIRE,
+                                             __ATOMIC_RELAXED))
+                continue;
+            if (g < p->npre)
+                p->pre(p->pre_ctx, g);
+            else
+                rnn_gemv_chunk(p, (g - p->npre) / p->nchunks, (g - p->npre) % p->nchunks);
+            __atomic_fetch_add(&tk->done, 1, __ATOMIC_RELEASE);
+        }
+        engine_ftz_exit(fp_mode);
+    }
+
+    /* Calls left to run on one thread after a stall, and the next such run. */
+    static int rnn_solo_calls = 0, rnn_solo_backoff = 64;
+
+    static void rnn_gemv_steps(const rnn_gemv_steps_args* p, int nthreads) {
+        rnn_tickets tk;
+        tk.next = 0;
+        tk.done = 0;
+        tk.solo = 0;
+    #ifdef _OPENMP
+        if (nthreads > 1) {
+            int left = __atomic_load_n(&rnn_solo_calls, __ATOMIC_RELAXED);
+            if (left > 0) {
+                __atomic_store_n(&rnn_solo_calls, left - 1, __ATOMIC_RELAXED);
+                nthreads = 1;
+            }
+        }
+        if (nthreads > 1) {
+            unsigned long long stall = rnn_stall_ticks(), t_end = 0;
+            #pragma omp parallel num_threads(nthreads)
+            {
+                int tid = omp_get_thread_num();
+                rnn_gemv_steps_run(p, &tk, tid, stall);
+                if (tid == 0)
+                    t_end = RNN_NOW();
+            }
+            /* A helper that was not scheduled in time holds up the join. */
+            if (RNN_NOW() - t_end > stall)
+                tk.solo = 1;
+            int backoff = __atomic_load_n(&rnn_solo_backoff, __ATOMIC_RELAXED);
+            if (tk.solo) {
+                __atomic_store_n(&rnn_solo_calls, backoff, __ATOMIC_RELAXED);
+                __atomic_store_n(&rnn_solo_backoff, backoff < 4096 ? 2 * backoff : 4096,
+                                 __ATOMIC_RELAXED);
+            } else if (backoff != 64) {
+                __atomic_store_n(&rnn_solo_backoff, 64, __ATOMIC_RELAXED);
+            }
+            return;
+        }
+    #endif
+        (void)nthreads;
+        rnn_gemv_steps_run(p, &tk, 0, ~0ULL);
+    }
     #pragma GCC pop_options
     """
-    void rnn_lstm_fwd_f(Py_ssize_t H, float* gi, float* gf, float* gg, float* go,
+    void rnn_lstm_fwd_f(Py_ssize_t n, Py_ssize_t H, float* gi, float* gf, float* gg, float* go,
                         const float* bias, const float* c_prev, float* c_new,
-                        float* h) noexcept nogil
-    void rnn_lstm_fwd_d(Py_ssize_t H, double* gi, double* gf, double* gg, double* go,
+                        float* tc_new, float* h) noexcept nogil
+    void rnn_lstm_fwd_d(Py_ssize_t n, Py_ssize_t H, double* gi, double* gf, double* gg, double* go,
                         const double* bias, const double* c_prev, double* c_new,
-                        double* h) noexcept nogil
+                        double* tc_new, double* h) noexcept nogil
     void rnn_lstm_bwd_f(Py_ssize_t H, float* gi, float* gf, float* gg, float* go,
-                        const float* c, const float* c_prev, const float* dy,
+                        const float* tc_t, const float* c_prev, const float* dy,
                         const float* dh_rec, float* dc) noexcept nogil
     void rnn_lstm_bwd_d(Py_ssize_t H, double* gi, double* gf, double* gg, double* go,
-                        const double* c, const double* c_prev, const double* dy,
+                        const double* tc_t, const double* c_prev, const double* dy,
                         const double* dh_rec, double* dc) noexcept nogil
-    void rnn_gru_fwd_f(Py_ssize_t H, float* ar, float* az, float* an, float* ahn,
+    void rnn_gru_fwd_f(Py_ssize_t n, Py_ssize_t H, float* ar, float* az, float* an, float* ahn,
                        const float* gh, const float* bias, const float* bias_hn,
                        const float* h_prev, float* h) noexcept nogil
-    void rnn_gru_fwd_d(Py_ssize_t H, double* ar, double* az, double* an, double* ahn,
+    void rnn_gru_fwd_d(Py_ssize_t n, Py_ssize_t H, double* ar, double* az, double* an, double* ahn,
                        const double* gh, const double* bias, const double* bias_hn,
                        const double* h_prev, double* h) noexcept nogil
     void rnn_gru_bwd_f(Py_ssize_t H, float* ar, float* az, float* an, const float* ahn,
@@ -472,6 +787,10 @@ cdef extern from *:
                         Py_ssize_t ldc, int accumulate) noexcept nogil
     void rnn_pack_panels(Py_ssize_t K, Py_ssize_t N, const float* src, Py_ssize_t sk,
                          Py_ssize_t sn, float* dst) noexcept nogil
+    void rnn_pack_panels_cat(Py_ssize_t K1, Py_ssize_t K2, Py_ssize_t N, const float* a,
+                             const float* b, float* dst) noexcept nogil
+    void rnn_transpose_f(Py_ssize_t rows, Py_ssize_t cols, const float* src, Py_ssize_t lds,
+                         float* dst, Py_ssize_t ldd) noexcept nogil
     void rnn_sgemm_panels(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* a,
                           Py_ssize_t lda, const float* wp, float* c, Py_ssize_t ldc,
                           int accumulate) noexcept nogil
@@ -481,8 +800,22 @@ cdef extern from *:
     void rnn_rows_to_panels(Py_ssize_t rows, Py_ssize_t N, const float* src, Py_ssize_t lds,
                             Py_ssize_t Ktot, Py_ssize_t k0, float* dst) noexcept nogil
     const int RNN_HAVE_GEMV
-    void rnn_sgemv_rows(Py_ssize_t N, Py_ssize_t K, const float* w, Py_ssize_t ldw,
-                        const float* x, float* y, int accumulate) noexcept nogil
+    ctypedef struct rnn_gemv_steps_args:
+        int mode, reverse, keep_cells
+        Py_ssize_t T, B, H, ldy, nchunks, step
+        const float* w_hh
+        const float* bias
+        const float* bias_hn
+        const float* h0
+        const float* c0
+        float* acts
+        float* gh
+        float* cells
+        float* y
+        Py_ssize_t npre
+        void (*pre)(void*, Py_ssize_t) noexcept nogil
+        void* pre_ctx
+    void rnn_gemv_steps(const rnn_gemv_steps_args* p, int nthreads) noexcept nogil
     void rnn_colsum_add_f(Py_ssize_t rows, Py_ssize_t cols, const float* a,
                           Py_ssize_t lda, float* out) noexcept nogil
     void rnn_colsum_add_d(Py_ssize_t rows, Py_ssize_t cols, const double* a,
@@ -530,8 +863,8 @@ cdef inline Py_ssize_t _acts_width(const rnn_dims* d) noexcept nogil:
 
 cdef Py_ssize_t rnn_workspace_size(const rnn_dims* d) noexcept nogil:
     cdef Py_ssize_t TB = d.T * d.B, BH = d.B * d.H, H = d.H
-    if d.mode == RNN_LSTM:    # acts | cells | dh | dc
-        return TB * 4 * H + TB * H + 2 * BH
+    if d.mode == RNN_LSTM:    # acts | cells | tanh(cells) | dh | dc
+        return TB * 4 * H + 2 * TB * H + 2 * BH
     if d.mode == RNN_GRU:     # acts | step gh | d gates_h | dh
         return TB * 4 * H + d.B * 3 * H + TB * 3 * H + BH
     return TB * H + BH        # Elman: d gates | dh
@@ -593,8 +926,8 @@ cdef inline void _hidden_gemm(int rows, int N, int K, const floating* a, Py_ssiz
 
     float32: the register-tiled kernel on w_hh_t = w_hh^T packed in column
     panels (rnn_pack_panels), or, for a batch too small to pay for that
-    packing (w_hh_t == NULL), one GEMV per row on W_hh as stored (our AVX2
-    kernel, else BLAS sgemv).
+    packing (w_hh_t == NULL), one BLAS sgemv per row on W_hh as stored (with
+    AVX2 + FMA such batches run rnn_gemv_steps instead).
     """
     cdef char trans = b'T'
     cdef int one = 1, r
@@ -603,10 +936,6 @@ cdef inline void _hidden_gemm(int rows, int N, int K, const floating* a, Py_ssiz
     if floating is float:
         if w_hh_t != NULL:
             rnn_sgemm_panels(rows, N, K, a, lda, w_hh_t, c, ldc, beta != 0)
-        elif RNN_HAVE_GEMV:
-            for r in range(rows):
-                rnn_sgemv_rows(N, K, <const float*>w_hh, K, a + r * lda, c + r * ldc,
-                               beta != 0)
         else:
             fbeta = beta
             for r in range(rows):
@@ -634,28 +963,49 @@ cdef inline void _hidden_grad_gemm(int rows, int N, int K, const floating* a,
         gemm(False, False, rows, N, K, <floating>1, a, <int>lda, w_hh, N, beta, c, <int>ldc)
 
 
+cdef void _fused_step_gemm(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
+                           const float* x_t, const float* h_prev, Py_ssize_t ld_hp,
+                           float* xh, const float* w_cat, Py_ssize_t N, float* c,
+                           Py_ssize_t ldc) noexcept nogil:
+    """c = [x_t | h_{t-1}] @ [w_ih | w_hh]^T for batch rows [b0, b1) (w_cat from
+    rnn_pack_panels_cat), the rows copied side by side into xh first."""
+    cdef Py_ssize_t F = d.F, H = d.H, K = d.F + d.H, b
+    for b in range(b0, b1):
+        memcpy(xh + b * K, x_t + b * F, F * sizeof(float))
+        memcpy(xh + b * K + F, h_prev + b * ld_hp, H * sizeof(float))
+    rnn_sgemm_panels(b1 - b0, N, K, xh + b0 * K, K, w_cat, c + b0 * ldc, ldc, 0)
+
+
 cdef void _forward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
                         const floating* w_hh, const floating* w_hh_t, const floating* bias,
                         const floating* bias_hn, const floating* h_prev,
                         Py_ssize_t ld_hp, const floating* c_prev, floating* c_new,
-                        floating* acts, floating* gh, floating* y_t) noexcept nogil:
-    """One time step for batch rows [b0, b1): hidden GEMM, then the fused gates."""
+                        floating* tc_new, floating* acts, floating* gh, floating* y_t,
+                        const floating* x_t, floating* xh) noexcept nogil:
+    """One time step for batch rows [b0, b1): hidden GEMM, then the fused gates.
+
+    With x_t (float32, see _fuse_input): w_hh_t holds [w_ih | w_hh]^T and the
+    step's GEMM includes the input projection (xh: the step's [x_t | h] rows).
+    """
     cdef Py_ssize_t H = d.H, ldy = d.ldy, b
     cdef int rows = <int>(b1 - b0)
     cdef floating* a
     cdef unsigned int fp_mode = engine_ftz_enter()
     if d.mode == RNN_LSTM:
-        # acts_t already holds x W_ih^T; add h_{t-1} W_hh^T on top.
-        _hidden_gemm(rows, <int>(4 * H), <int>H, h_prev + b0 * ld_hp, ld_hp, w_hh, w_hh_t,
-                     <floating>1, acts + b0 * 4 * H, 4 * H)
+        if floating is float and x_t != NULL:
+            _fused_step_gemm(d, b0, b1, x_t, h_prev, ld_hp, xh, w_hh_t, 4 * H, acts, 4 * H)
+        else:
+            # acts_t already holds x W_ih^T; add h_{t-1} W_hh^T on top.
+            _hidden_gemm(rows, <int>(4 * H), <int>H, h_prev + b0 * ld_hp, ld_hp, w_hh,
+                         w_hh_t, <floating>1, acts + b0 * 4 * H, 4 * H)
         for b in range(b0, b1):
             a = acts + b * 4 * H
             if floating is float:
-                rnn_lstm_fwd_f(H, a, a + H, a + 2 * H, a + 3 * H, bias, c_prev + b * H,
-                               c_new + b * H, y_t + b * ldy)
+                rnn_lstm_fwd_f(H, H, a, a + H, a + 2 * H, a + 3 * H, bias, c_prev + b * H,
+                               c_new + b * H, tc_new + b * H, y_t + b * ldy)
             else:
-                rnn_lstm_fwd_d(H, a, a + H, a + 2 * H, a + 3 * H, bias, c_prev + b * H,
-                               c_new + b * H, y_t + b * ldy)
+                rnn_lstm_fwd_d(H, H, a, a + H, a + 2 * H, a + 3 * H, bias, c_prev + b * H,
+                               c_new + b * H, tc_new + b * H, y_t + b * ldy)
     elif d.mode == RNN_GRU:
         # The hidden part stays separate: n needs r * (W_hn h + b_hn).
         _hidden_gemm(rows, <int>(3 * H), <int>H, h_prev + b0 * ld_hp, ld_hp, w_hh, w_hh_t,
@@ -663,21 +1013,98 @@ cdef void _forward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
         for b in range(b0, b1):
             a = acts + b * 4 * H
             if floating is float:
-                rnn_gru_fwd_f(H, a, a + H, a + 2 * H, a + 3 * H, gh + b * 3 * H, bias,
+                rnn_gru_fwd_f(H, H, a, a + H, a + 2 * H, a + 3 * H, gh + b * 3 * H, bias,
                               bias_hn, h_prev + b * ld_hp, y_t + b * ldy)
             else:
-                rnn_gru_fwd_d(H, a, a + H, a + 2 * H, a + 3 * H, gh + b * 3 * H, bias,
+                rnn_gru_fwd_d(H, H, a, a + H, a + 2 * H, a + 3 * H, gh + b * 3 * H, bias,
                               bias_hn, h_prev + b * ld_hp, y_t + b * ldy)
     else:
-        # Elman: y_t holds x W_ih^T; the activation is applied in place.
-        _hidden_gemm(rows, <int>H, <int>H, h_prev + b0 * ld_hp, ld_hp, w_hh, w_hh_t,
-                     <floating>1, y_t + b0 * ldy, ldy)
+        if floating is float and x_t != NULL:
+            _fused_step_gemm(d, b0, b1, x_t, h_prev, ld_hp, xh, w_hh_t, H, y_t, ldy)
+        else:
+            # Elman: y_t holds x W_ih^T; the activation is applied in place.
+            _hidden_gemm(rows, <int>H, <int>H, h_prev + b0 * ld_hp, ld_hp, w_hh, w_hh_t,
+                         <floating>1, y_t + b0 * ldy, ldy)
         for b in range(b0, b1):
             if floating is float:
                 rnn_elman_fwd_f(H, d.mode == RNN_RELU, bias, y_t + b * ldy)
             else:
                 rnn_elman_fwd_d(H, d.mode == RNN_RELU, bias, y_t + b * ldy)
     engine_ftz_exit(fp_mode)
+
+
+# Batch < 4 float32 forward steps split by hidden units among the threads
+# (rnn_gemv_steps): only when each thread's GEMVs stream at least this many
+# W_hh bytes per step (below that a barrier per step costs more than it
+# saves), in chunks of whole 8-unit vectors.
+cdef double _GEMV_SPLIT_MIN_BYTES = 96.0 * 1024
+cdef Py_ssize_t _GEMV_SPLIT_UNITS = 8
+
+
+# ... and its input projection in column chunks of at least this much work
+# (fixed by the shape; the batch-1 LSTM T100 64->128 makes two), run as the
+# first tasks of the same parallel region.
+cdef double _GEMV_INPUT_MIN_FLOPS = 2.0e6
+
+
+ctypedef struct _input_task:
+    int M, N, K, ldc, width
+    const float* x
+    const float* w_ih
+    float* c
+
+
+cdef void _input_chunk(void* ctx, Py_ssize_t i) noexcept nogil:
+    """Columns [i * width, (i + 1) * width) of c = x @ w_ih^T."""
+    cdef _input_task* p = <_input_task*>ctx
+    cdef int lo = <int>(i * p.width)
+    gemm(False, True, p.M, min(p.N - lo, p.width), p.K, <float>1, p.x, p.K,
+         p.w_ih + <Py_ssize_t>lo * p.K, p.K, <float>0, p.c + lo, p.ldc)
+
+
+cdef void _gemv_forward_steps(const rnn_dims* d, const float* x, const float* w_ih,
+                              const float* w_hh, const float* bias,
+                              const float* bias_hn, const float* h0, const float* c0,
+                              float* acts, float* gh, float* cells, float* y,
+                              bint keep_cells) noexcept nogil:
+    """The input projection and every forward step of a float32 batch < 4
+    layer, a chunk of hidden units per thread (rnn_gemv_steps; the same bits
+    for any thread count)."""
+    cdef rnn_gemv_steps_args p
+    cdef _input_task task
+    cdef Py_ssize_t G = rnn_num_gates(d.mode), H = d.H
+    cdef Py_ssize_t most = <Py_ssize_t>(4.0 * d.B * G * H * H / _GEMV_SPLIT_MIN_BYTES)
+    p.mode, p.reverse, p.keep_cells = d.mode, d.reverse, keep_cells
+    p.T, p.B, p.H, p.ldy = d.T, d.B, d.H, d.ldy
+    p.nchunks = max(1, min(<Py_ssize_t>engine_num_threads(), most, H // _GEMV_SPLIT_UNITS))
+    p.step = ceil_div(ceil_div(H, p.nchunks), _GEMV_SPLIT_UNITS) * _GEMV_SPLIT_UNITS
+    p.w_hh, p.bias, p.bias_hn, p.h0, p.c0 = w_hh, bias, bias_hn, h0, c0
+    p.acts, p.gh, p.cells, p.y = acts, gh, cells, y
+    task.M, task.N, task.K = <int>(d.T * d.B), <int>(G * H), <int>d.F
+    task.x, task.w_ih = x, w_ih
+    if d.mode == RNN_LSTM or d.mode == RNN_GRU:
+        task.c, task.ldc = acts, <int>(4 * H)
+    else:
+        task.c, task.ldc = y, <int>d.ldy
+    p.npre = work_chunks(task.N // 64, 2.0 * task.M * task.N * task.K,
+                         _GEMV_INPUT_MIN_FLOPS, _MAX_CHUNKS)
+    task.width = <int>(ceil_div(ceil_div(task.N, p.npre), 16) * 16)
+    p.pre, p.pre_ctx = _input_chunk, &task
+    rnn_gemv_steps(&p, <int>p.nchunks)
+
+
+# float32 LSTM / Elman steps with at least this batch and [w_ih | w_hh]^T
+# panels of at most this size (they stream from L2 every step) do the input
+# projection inside each step's GEMM (K = F + H, _fused_step_gemm) instead of
+# one BLAS GEMM over all steps first: no T*B x G*H pass written to memory and
+# read back step by step, and one K loop per output tile instead of two.
+cdef Py_ssize_t _FUSE_MIN_BATCH = 16
+cdef Py_ssize_t _FUSE_MAX_PANEL_BYTES = 448 * 1024
+
+
+cdef bint _fuse_input(const rnn_dims* d) noexcept nogil:
+    return (d.mode != RNN_GRU and d.B >= _FUSE_MIN_BATCH
+            and (d.F + d.H) * rnn_num_gates(d.mode) * d.H * 4 <= _FUSE_MAX_PANEL_BYTES)
 
 
 cdef int rnn_forward(const rnn_dims* d, const floating* x,
@@ -690,7 +1117,10 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
     cdef Py_ssize_t G = rnn_num_gates(d.mode), TB = d.T * d.B, BH = d.B * d.H
     cdef Py_ssize_t AW = _acts_width(d)
     cdef Py_ssize_t s, t, tp, k, b, c, b0, b1, nchunks, step
-    cdef bint training = ws != NULL
+    cdef bint training = ws != NULL, gemv_steps, fuse
+    cdef Py_ssize_t extra
+    cdef const floating* x_t
+    cdef floating* xh = NULL
     cdef floating* buf = NULL
     cdef floating* bias = NULL
     cdef floating* bias_hn
@@ -701,6 +1131,7 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
     cdef const floating* h_prev
     cdef const floating* c_prev = NULL
     cdef floating* c_new = NULL
+    cdef floating* tc_new = NULL
     cdef Py_ssize_t ld_hp
     cdef unsigned int fp_mode
     if _check_dims(d) != ENGINE_OK:
@@ -719,7 +1150,8 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
         elif d.mode == RNN_GRU:
             gh = ws + TB * AW
     elif d.mode == RNN_LSTM or d.mode == RNN_GRU:
-        # LSTM: acts | two cell rows used alternately; GRU: acts | step gh.
+        # LSTM: acts | two cell rows used alternately, a tanh(c) row;
+        # GRU: acts | step gh.
         buf = <floating*>malloc((TB * AW + 3 * BH) * sizeof(floating))
         if buf == NULL:
             return ENGINE_ENOMEM
@@ -730,14 +1162,24 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
     # For float32 also W_hh^T packed in panels, the layout the per-step kernel streams.
     # (Only the biases need zeroing; the panels, only allocated where used, are
     # overwritten whole: a calloc of them cost ~8% of a short batch-1 call.)
-    bias = <floating*>malloc(((G + 1) * H + (G * H * H if floating is float
-                                            and B >= _TILE_MIN_BATCH else 0))
-                             * sizeof(floating))
+    fuse = floating is float and _fuse_input(d)
+    if fuse:        # [w_ih | w_hh]^T panels, then the step's [x_t | h] rows
+        extra = G * H * (I + H) + B * (I + H)
+    elif floating is float and B >= _TILE_MIN_BATCH:
+        extra = G * H * H
+    else:
+        extra = 0
+    bias = <floating*>malloc(((G + 1) * H + extra) * sizeof(floating))
     if bias == NULL:
         free(buf)
         return ENGINE_ENOMEM
     memset(bias, 0, (G + 1) * H * sizeof(floating))
-    if floating is float and B >= _TILE_MIN_BATCH:
+    if fuse:
+        w_hh_t = bias + (G + 1) * H
+        xh = w_hh_t + G * H * (I + H)
+        rnn_pack_panels_cat(I, H, G * H, <const float*>w_ih, <const float*>w_hh,
+                            <float*>w_hh_t)
+    elif floating is float and B >= _TILE_MIN_BATCH:
         w_hh_t = bias + (G + 1) * H
         # W[k, n] = w_hh[n, k]: K = H, N = G*H.
         rnn_pack_panels(H, G * H, w_hh, 1, H, w_hh_t)
@@ -752,17 +1194,28 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
                 bias[k] += b_hh[k]
 
     fp_mode = engine_ftz_enter()
-    # Input projection of every step at once.
-    if AW > 0:
+    # Input projection of every step at once (unless each step does its own,
+    # or rnn_gemv_steps does it).
+    gemv_steps = floating is float and RNN_HAVE_GEMV and B < _TILE_MIN_BATCH
+    if fuse or gemv_steps:
+        pass
+    elif AW > 0:
         gemm_parallel(False, True, <int>TB, <int>(G * H), <int>I, <floating>1, x, <int>I,
                       w_ih, <int>I, <floating>0, acts, <int>AW)
     else:
         gemm_parallel(False, True, <int>TB, <int>H, <int>I, <floating>1, x, <int>I,
                       w_ih, <int>I, <floating>0, y, <int>ldy)
 
+    if gemv_steps:
+        _gemv_forward_steps(d, <const float*>x, <const float*>w_ih, <const float*>w_hh,
+                            <const float*>bias, <const float*>bias_hn, <const float*>h0,
+                            <const float*>c0, <float*>acts, <float*>gh, <float*>cells,
+                            <float*>y, training)
+        if d.mode == RNN_LSTM:
+            c_new = cells + (_time_index(d, T - 1) * BH if training else ((T - 1) % 2) * BH)
     nchunks = _step_chunks(d)
     step = ceil_div(B, nchunks)
-    for s in range(T):
+    for s in range(0 if gemv_steps else T):
         t = _time_index(d, s)
         if s == 0:
             h_prev = h0
@@ -772,15 +1225,18 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
             h_prev = y + tp * B * ldy
             ld_hp = ldy
         if d.mode == RNN_LSTM:
-            if training:
+            if training:        # cells, then tanh(cells) (rnn_workspace_size)
                 c_new = cells + t * BH
                 c_prev = c0 if s == 0 else cells + tp * BH
-            else:
+                tc_new = cells + (T + t) * BH
+            else:               # two cell rows used alternately, a tanh(c) row
                 c_new = cells + (s % 2) * BH
                 c_prev = c0 if s == 0 else cells + ((s + 1) % 2) * BH
+                tc_new = cells + 2 * BH
+        x_t = x + t * B * I if fuse else NULL
         if nchunks == 1:
             _forward_rows(d, 0, B, w_hh, w_hh_t, bias, bias_hn, h_prev, ld_hp, c_prev, c_new,
-                          acts + t * B * AW, gh, y + t * B * ldy)
+                          tc_new, acts + t * B * AW, gh, y + t * B * ldy, x_t, xh)
         else:
             for c in prange(nchunks, nogil=True, schedule='static',
                             num_threads=engine_num_threads()):
@@ -788,7 +1244,8 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
                 b1 = min(B, b0 + step)
                 if b0 < b1:
                     _forward_rows(d, b0, b1, w_hh, w_hh_t, bias, bias_hn, h_prev, ld_hp, c_prev,
-                                  c_new, acts + t * B * AW, gh, y + t * B * ldy)
+                                  c_new, tc_new, acts + t * B * AW, gh, y + t * B * ldy, x_t,
+                                  xh)
 
     # Final states: the last processed step.
     t = _time_index(d, T - 1)
@@ -806,7 +1263,7 @@ cdef void _backward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
                          const floating* w_hh, const floating* w_hh_p,
                          const floating* dg_next, Py_ssize_t ldg,
                          floating* dh, floating* dc, floating* acts_t, floating* dgh_t,
-                         const floating* cell_t, const floating* c_prev,
+                         const floating* tc_t, const floating* c_prev,
                          const floating* h_prev, Py_ssize_t ld_hp,
                          const floating* y_t, const floating* dy_t) noexcept nogil:
     """One backward step for batch rows [b0, b1): dh = dG_next W_hh, then the fused gates.
@@ -825,10 +1282,10 @@ cdef void _backward_rows(const rnn_dims* d, Py_ssize_t b0, Py_ssize_t b1,
         for b in range(b0, b1):
             a = acts_t + b * 4 * H
             if floating is float:
-                rnn_lstm_bwd_f(H, a, a + H, a + 2 * H, a + 3 * H, cell_t + b * H,
+                rnn_lstm_bwd_f(H, a, a + H, a + 2 * H, a + 3 * H, tc_t + b * H,
                                c_prev + b * H, dy_t + b * ldy, dh + b * H, dc + b * H)
             else:
-                rnn_lstm_bwd_d(H, a, a + H, a + 2 * H, a + 3 * H, cell_t + b * H,
+                rnn_lstm_bwd_d(H, a, a + H, a + 2 * H, a + 3 * H, tc_t + b * H,
                                c_prev + b * H, dy_t + b * ldy, dh + b * H, dc + b * H)
     elif d.mode == RNN_GRU:
         # dh already holds the direct term dh_next * z; add the gates' part.
@@ -940,9 +1397,9 @@ cdef int _panel_weight_grads(const rnn_dims* d, const float* x, const float* y,
     cdef Py_ssize_t T = d.T, B = d.B, I = d.F, H = d.H, TB = d.T * d.B
     cdef Py_ssize_t W = d.F + d.H + (1 if with_bias else 0)
     cdef Py_ssize_t GH = rnn_num_gates(d.mode) * d.H
-    cdef Py_ssize_t s, t, b, j, k, ld_hp, nchunks, step, c, m0, m1, k0, j0, k1, jj, kk
+    cdef Py_ssize_t s, t, j, k, ld_hp, nchunks, step, c, m0, m1, k0
     cdef const float* hp
-    cdef float* xht = <float*>malloc(W * TB * sizeof(float))
+    cdef float* xht = <float*>malloc(max(W * TB, GH * (I + H)) * sizeof(float))
     cdef float* ct = <float*>malloc(W * GH * sizeof(float))
     if xht == NULL or ct == NULL:
         free(xht)
@@ -951,12 +1408,8 @@ cdef int _panel_weight_grads(const rnn_dims* d, const float* x, const float* y,
     for s in range(T):
         t = _time_index(d, s)
         hp = _prev_hidden(d, s, h0, y, &ld_hp)
-        for j in range(I):
-            for b in range(B):
-                xht[j * TB + t * B + b] = x[(t * B + b) * I + j]
-        for j in range(H):
-            for b in range(B):
-                xht[(I + j) * TB + t * B + b] = hp[b * ld_hp + j]
+        rnn_transpose_f(B, I, x + t * B * I, I, xht + t * B, TB)
+        rnn_transpose_f(B, H, hp, ld_hp, xht + I * TB + t * B, TB)
     if with_bias:
         for k in range(TB):
             xht[(I + H) * TB + k] = 1
@@ -974,18 +1427,14 @@ cdef int _panel_weight_grads(const rnn_dims* d, const float* x, const float* y,
                                    xht + m0 * TB, TB, dgp, ct + m0 * GH, GH, k0 > 0)
                 k0 = k0 + _WG_KBLOCK
 
-    # Add the transposed product, in 16 x 16 blocks.
-    for j0 in range(0, I + H, 16):
-        for k0 in range(0, GH, 16):
-            j1 = min(I + H, j0 + 16)
-            k1 = min(GH, k0 + 16)
-            for jj in range(j0, j1):
-                if jj < I:
-                    for kk in range(k0, k1):
-                        grad_w_ih[kk * I + jj] += ct[jj * GH + kk]
-                else:
-                    for kk in range(k0, k1):
-                        grad_w_hh[kk * H + jj - I] += ct[jj * GH + kk]
+    # Add the transposed product: transposed into xht (no longer needed; sized
+    # for this too), then added row by row (contiguous, vectorised).
+    rnn_transpose_f(I + H, GH, ct, GH, xht, I + H)
+    for k in range(GH):
+        for j in range(I):
+            grad_w_ih[k * I + j] += xht[k * (I + H) + j]
+        for j in range(H):
+            grad_w_hh[k * H + j] += xht[k * (I + H) + I + j]
     if with_bias:
         for k in range(GH):
             if grad_b_ih != NULL:
@@ -1061,8 +1510,8 @@ cdef int rnn_backward(const rnn_dims* d, const floating* x,
 
     if d.mode == RNN_LSTM:
         acts = ws
-        cells = ws + TB * AW
-        dh = cells + TB * H
+        cells = ws + TB * AW        # then tanh(cells), TB * H each
+        dh = cells + 2 * TB * H
         dc = dh + BH
         dgx = dgh_all = acts
         ldgx = ldgh = AW
@@ -1119,7 +1568,7 @@ cdef int rnn_backward(const rnn_dims* d, const floating* x,
             _backward_rows(d, 0, B, w_hh, w_hh_p, dg_next, ldgh, dh, dc,
                            acts + t * B * (AW if AW > 0 else H),
                            dgh + t * B * 3 * H if dgh != NULL else NULL,
-                           cells + t * BH if cells != NULL else NULL, c_prev,
+                           cells + (T + t) * BH if cells != NULL else NULL, c_prev,
                            h_prev, ld_hp, y + t * B * ldy, d_y + t * B * ldy)
             if floating is float:
                 if dgp != NULL:
@@ -1133,7 +1582,7 @@ cdef int rnn_backward(const rnn_dims* d, const floating* x,
                     _backward_rows(d, b0, b1, w_hh, w_hh_p, dg_next, ldgh, dh, dc,
                                    acts + t * B * (AW if AW > 0 else H),
                                    dgh + t * B * 3 * H if dgh != NULL else NULL,
-                                   cells + t * BH if cells != NULL else NULL, c_prev,
+                                   cells + (T + t) * BH if cells != NULL else NULL, c_prev,
                                    h_prev, ld_hp, y + t * B * ldy, d_y + t * B * ldy)
                     if floating is float:
                         if dgp != NULL:

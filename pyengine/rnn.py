@@ -154,12 +154,24 @@ class _RNNBase(Module):
                 c0 = self._check_state(hx[1], "c_0", B, unbatched, dtype)
             else:
                 h0 = self._check_state(hx, "hx", B, unbatched, dtype)
+        keep = is_grad_enabled()
+        if not keep and L == 1 and D == 1:
+            # One layer and direction, inference (a batch-1 streaming call is
+            # ~0.5 ms): the kernel allocates the outputs and the zero states,
+            # which saves the general path's copies and checks (~15 us).
+            self._cache = None
+            w_ih, w_hh, b_ih, b_hh = self._layer_params(0, 0)
+            output, hk, ck = _k.rnn_forward(
+                self.mode, x, w_ih.data, w_hh.data,
+                None if b_ih is None else b_ih.data, None if b_hh is None else b_hh.data,
+                None if h0 is None else h0[0], None if c0 is None else c0[0])
+            return self._finish(output, hk[None], None if ck is None else ck[None],
+                                unbatched)
         if h0 is None:
             h0 = np.zeros((L * D, B, H), dtype)
         if is_lstm and c0 is None:
             c0 = np.zeros((L * D, B, H), dtype)
 
-        keep = is_grad_enabled()
         drop = self.training and self.dropout > 0 and L > 1
         inputs, outputs, workspaces, masks = [], [], [], []
         h_n = np.empty((L * D, B, H), dtype)
@@ -195,13 +207,16 @@ class _RNNBase(Module):
             self._cache = {"inputs": inputs, "outputs": outputs, "workspaces": workspaces,
                            "masks": masks, "h0": h0, "c0": c0, "unbatched": unbatched,
                            "shape": (T, B)}
-        output = outputs[-1]
+        return self._finish(outputs[-1], h_n, c_n, unbatched)
+
+    def _finish(self, output, h_n, c_n, unbatched):
+        """forward's return value from the (T, B, D*H) output and final states."""
         if unbatched:
             output, h_n = output[:, 0, :], h_n[:, 0, :]
             c_n = None if c_n is None else c_n[:, 0, :]
         elif self.batch_first:
             output = np.ascontiguousarray(output.transpose(1, 0, 2))
-        return (output, (h_n, c_n)) if is_lstm else (output, h_n)
+        return (output, (h_n, c_n)) if self.mode == "LSTM" else (output, h_n)
 
     # -- backward --------------------------------------------------------
     def backward(self, grad_out, d_hn=None, input_grad=True):

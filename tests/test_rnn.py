@@ -32,10 +32,12 @@ def _layer_data(rng, mode, T, B, I, H, dtype, bias=True, states=True):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reverse", [False, True])
 # The larger shapes reach every path of the float32 per-step kernels: batch >= 4
-# (packed-panel tiles of 6/4/2/1 rows, 16- and 8-wide panels and a column tail)
+# (packed-panel tiles of 6/4/2/1 rows, 16- and 8-wide panels and a column tail),
+# batch >= 16 (LSTM and Elman: the input projection inside each step's GEMM)
 # and batch < 4 (the GEMV steps) with hidden sizes that are not multiples of 8.
 @pytest.mark.parametrize("shape", [(5, 3, 4, 7), (1, 1, 3, 5), (4, 1, 2, 9), (1, 6, 5, 3),
-                                   (3, 13, 5, 37), (2, 4, 3, 24), (3, 2, 6, 33)])
+                                   (3, 13, 5, 37), (2, 4, 3, 24), (3, 2, 6, 33),
+                                   (3, 17, 5, 37), (1, 16, 3, 5)])
 def test_layer_kernel_matches_reference(mode, dtype, reverse, shape, rng):
     T, B, I, H = shape
     d = _layer_data(rng, mode, T, B, I, H, dtype, states=T != 1)
@@ -362,6 +364,107 @@ def test_threads_bitwise_identical(cls, kw, mode, rng):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "RNN_TANH"])
+def test_fused_input_steps_threads_identical(mode, rng):
+    # Batch 32, hidden 128: the input projection runs inside each step's GEMM,
+    # the steps cut in two chunks of batch rows.
+    T, B, I, H = 4, 32, 20, 128
+    d = _layer_data(rng, mode, T, B, I, H, np.float32)
+    d["w_hh"] *= 0.1
+    d["w_ih"] *= 0.3
+    f64 = {k: None if v is None else v.astype(np.float64) for k, v in d.items()}
+    ry, rhn, _, cache = R.rnn_layer_forward(mode, f64["x"], f64["w_ih"], f64["w_hh"],
+                                            f64["b_ih"], f64["b_hh"], f64["h0"], f64["c0"])
+    dy = rng.standard_normal(ry.shape).astype(np.float32)
+    want = R.rnn_layer_backward(cache, dy.astype(np.float64))
+    rtol, atol = tol(np.float32)
+    results = []
+    for threads in (1, 2, 3):
+        pe.set_num_threads(threads)
+        ws = np.empty(rnn.workspace_size(mode, T, B, H), np.float32)
+        y, hn, _ = rnn.rnn_forward(mode, d["x"], d["w_ih"], d["w_hh"], d["b_ih"], d["b_hh"],
+                                   d["h0"], d["c0"], workspace=ws)
+        np.testing.assert_allclose(y, ry, rtol=rtol, atol=atol)
+        got = rnn.rnn_backward(mode, d["x"], d["w_ih"], d["w_hh"], y, d["h0"], d["c0"], ws,
+                               dy)
+        for g, w in zip(got, want):
+            if w is not None:
+                np.testing.assert_allclose(g, w, rtol=rtol, atol=10 * atol)
+        results.append([y, hn] + [g for g in got if g is not None])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert np.array_equal(a, b)
+
+
+# Batch < 4, float32: the forward steps split the hidden units among the threads
+# once each thread's share of W_hh is >= 96 KB; these shapes split at 2 and 3
+# threads, with hidden sizes that are not multiples of 8 (and 4), T = 1 included
+# (T = 80: the input projection as two column chunks in the same region).
+@pytest.mark.parametrize("mode,T,B,I,H", [("LSTM", 7, 1, 5, 113), ("LSTM", 1, 1, 3, 128),
+                                          ("LSTM", 80, 1, 64, 113),
+                                          ("LSTM", 3, 3, 4, 70), ("GRU", 5, 2, 3, 101),
+                                          ("RNN_TANH", 4, 1, 3, 230),
+                                          ("RNN_RELU", 2, 1, 3, 230)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_small_batch_steps_split_threads_identical(mode, T, B, I, H, dtype, reverse, rng):
+    d = _layer_data(rng, mode, T, B, I, H, dtype)
+    d["w_hh"] *= 0.2
+    f64 = {k: None if v is None else v.astype(np.float64) for k, v in d.items()}
+    ry, rhn, rcn, cache = R.rnn_layer_forward(mode, f64["x"], f64["w_ih"], f64["w_hh"],
+                                              f64["b_ih"], f64["b_hh"], f64["h0"], f64["c0"],
+                                              reverse=reverse)
+    dy = rng.standard_normal(ry.shape).astype(dtype)
+    want = R.rnn_layer_backward(cache, dy.astype(np.float64))
+    rtol, atol = tol(dtype)
+    results = []
+    for threads in (1, 2, 3):
+        pe.set_num_threads(threads)
+        ws = np.empty(rnn.workspace_size(mode, T, B, H), dtype)
+        y, hn, cn = rnn.rnn_forward(mode, d["x"], d["w_ih"], d["w_hh"], d["b_ih"],
+                                    d["b_hh"], d["h0"], d["c0"], reverse=reverse,
+                                    workspace=ws)
+        yi, hni, cni = rnn.rnn_forward(mode, d["x"], d["w_ih"], d["w_hh"], d["b_ih"],
+                                       d["b_hh"], d["h0"], d["c0"], reverse=reverse)
+        assert np.array_equal(yi, y) and np.array_equal(hni, hn)
+        np.testing.assert_allclose(y, ry, rtol=rtol, atol=atol)
+        np.testing.assert_allclose(hn, rhn, rtol=rtol, atol=atol)
+        got = rnn.rnn_backward(mode, d["x"], d["w_ih"], d["w_hh"], y, d["h0"], d["c0"],
+                               ws, dy, reverse=reverse)
+        for g, w in zip(got, want):
+            if w is not None:
+                np.testing.assert_allclose(g, w, rtol=rtol, atol=10 * atol)
+        results.append([y, hn] + ([cn] if mode == "LSTM" else [])
+                       + [g for g in got if g is not None])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("cls,kw,mode", CLASSES)
+@pytest.mark.parametrize("layout", ["seq_first", "batch_first", "unbatched"])
+@pytest.mark.parametrize("given_states", [False, True])
+def test_no_grad_single_layer_path_same_as_training(cls, kw, mode, layout, given_states,
+                                                     rng):
+    # One layer and direction under no_grad takes a shorter path (the kernel
+    # allocates outputs and zero states): same values, shapes and dtypes.
+    m = _module(cls, kw, np.float32, batch_first=layout == "batch_first")
+    shape = {"seq_first": (4, 3, 4), "batch_first": (3, 4, 4), "unbatched": (4, 4)}[layout]
+    x = rng.standard_normal(shape).astype(np.float32)
+    hx = None
+    if given_states:
+        sshape = (1, 5) if layout == "unbatched" else (1, 3, 5)
+        h = rng.standard_normal(sshape).astype(np.float32)
+        hx = (h, rng.standard_normal(sshape).astype(np.float32)) if mode == "LSTM" else h
+    want = m(x, hx)
+    with pe.no_grad():
+        got = m(x, hx)
+    flat = lambda r: [r[0], *r[1]] if mode == "LSTM" else list(r)
+    for g, w in zip(flat(got), flat(want)):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        assert np.array_equal(g, w)
 
 
 def test_parameter_names_shapes_and_init():
