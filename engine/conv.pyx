@@ -889,6 +889,7 @@ cdef extern from *:
 
 cdef enum:
     _TILE_MAX = 24 * 16      # RB * KB * NV * VL elements of the largest tile
+    _DW_TILE_MAX = 12 * 16   # KB * TB * VL of the largest weight-gradient tile (2 x 6, AVX-512)
     _MAX_TAPS_ROW = 64      # kw limit of the direct path (else im2col)
 
 
@@ -1375,9 +1376,8 @@ cdef void _direct_backward_weight_item(const Conv2dParams* p, const DirectGeom* 
     cdef Py_ssize_t OWp = ceil_div(p.OW, vl) * vl, plane = p.OH * OWp
     cdef Py_ssize_t KB = _dw_channels(Kg), TB = 6 if KB == 2 else 8
     cdef Py_ssize_t k, kb, t, t0, oh, nk, nt, l
-    cdef floating out[8 * 16]
+    cdef floating out[_DW_TILE_MAX]
     cdef floating* dst
-    cdef floating* src
     _pad_phases(p, g, x + (n * p.C + grp * Cg) * p.H * p.W, Cg, xq)
     # dy rows padded with zeros to whole vectors, plus KB - 1 zero channels.
     if OWp == p.OW:
