@@ -34,10 +34,6 @@ cdef Py_ssize_t _COL_TILE_ELEMS = 128 * 1024
 # chunk for 3x3 64->64): 4 chunks ran 2-3% faster than 8 there, 2 no faster.
 cdef Py_ssize_t _DW_MAX_CHUNKS = 4
 cdef double _DW_CHUNK_FLOPS = 2.0e6
-# Direct convolution: output pixels per register tile.
-cdef enum:
-    _VL = 16
-
 cdef size_t _BLAS_INT_MAX = 2147483647
 # Below this much work per thread a kernel runs on fewer threads (results do
 # not change: chunks come from the shapes). Waking an OpenMP team for tiny
@@ -103,14 +99,14 @@ cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p, ConvPass which) noexcept
     #   3x3 128->128 b32 8x8:          fwd 61 / 52   dW 67 / 10   dx 59 / 50
     #   3x3 256->256 b32 4x4:          fwd 65 / 25   dW 37 /  4   dx 49 / 12
     #   depthwise 3x3 64ch b32 32x32:  fwd  7 / 19   dW  7 / 11   dx  5 / 14
-    # sgemm on the im2col GEMM shape ran 75-80 in the same runs. With
-    # AVX-512 the direct forward tiles hold 16-24 vector accumulators (2 rows
-    # x 8 channels or 4 rows x 6 channels, 16 pixels each) when Kg is a
-    # multiple of 8 or 6: then direct wins if rows are >= 10 pixels (under
-    # 40% of the vector wasted). dx of a stride-1 conv is the direct forward of dy with the
-    # channel roles swapped (Cg plays Kg). Weight gradients reduce over
-    # pixels, which the GEMM does better, except for depthwise / groups of
-    # fewer than 4 output channels.
+    # sgemm on the im2col GEMM shape ran 75-80 in the same runs (that Zen 4
+    # machine's direct dW predates the present kernel). With AVX-512 the
+    # direct forward tiles hold 16-24 vector accumulators (2 rows x 8
+    # channels or 4 rows x 6 channels, 16 pixels each) when Kg is a multiple
+    # of 8 or 6: then direct wins if rows are >= 10 pixels (under 40% of the
+    # vector wasted). dx of a stride-1 conv is the direct forward of dy with
+    # the channel roles swapped (Cg plays Kg). The Zen 3 (AVX2) measurements
+    # behind each rule are next to it.
     cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
     if p.kw > _MAX_TAPS_ROW:
         return CONV_ALGO_IM2COL          # the direct path's tap table limit
@@ -698,8 +694,9 @@ cdef int conv2d_im2col_backward_weight(Conv2dParams p, const floating* x,
 # s*sw + q is stored at [q][s], so every tap of a row of output pixels reads a
 # contiguous run whatever the stride. The micro-kernels below keep a tile of
 # RB output rows x KB output channels x NV vectors of output pixels in vector
-# registers and run one broadcast-FMA per weight and vector, no bounds checks (the buffer has slack rows/columns; results that fall
-# outside the output are computed and dropped).
+# registers and run one broadcast-FMA per weight and vector, no bounds checks
+# (the buffer has slack rows/columns; results that fall outside the output
+# are computed and dropped).
 
 cdef extern from *:
     """
@@ -975,6 +972,13 @@ cdef void _direct_geom(const Conv2dParams* p, Py_ssize_t vl, DirectGeom* g) noex
         g.tap_off[j] = q * g.Wq + (j * p.dw) // p.sw
 
 
+cdef inline Py_ssize_t _tap_offset(const Conv2dParams* p, const DirectGeom* g, Py_ssize_t c,
+                                   Py_ssize_t i, Py_ssize_t j) noexcept nogil:
+    """Where tap (channel c, kernel row i, kernel column j) of output pixel
+    (0, 0) reads the padded input buffer."""
+    return c * g.chan + i * p.dh * g.rowlen + g.tap_off[j]
+
+
 cdef inline Py_ssize_t _block_channels(const DirectGeom* g, Py_ssize_t left) noexcept nogil:
     """Output channels of the next forward block when `left` remain."""
     if left >= g.KB:
@@ -1164,7 +1168,7 @@ cdef int _direct_conv(const Conv2dParams* p, const floating* x, const floating* 
     for c in range(Cg):
         for i in range(p.kh):
             for j in range(p.kw):
-                off[(i * Cg + c) * p.kw + j] = c * g.chan + i * p.dh * g.rowlen + g.tap_off[j]
+                off[(i * Cg + c) * p.kw + j] = _tap_offset(p, &g, c, i, j)
     if b == NULL:       # the tiles always add a bias
         zeros = <floating*>calloc(p.K, sizeof(floating))
         if zeros == NULL:
@@ -1368,8 +1372,8 @@ cdef void _direct_backward_weight_item(const Conv2dParams* p, const DirectGeom* 
     dummy taps to a multiple of TB). Channel blocks run outside tap blocks:
     a block's dy rows and its lane partials stay in L1 / L2 while the taps
     stream the padded input (2 channels x 6 taps: 12 accumulators, 8 loads
-    per 12 FMAs; 3x3 64->64 32x32 ran 50 GFLOPS this way, 43 with the loops
-    swapped, against sgemm's 69 on the im2col product).
+    per 12 FMAs; 3x3 64->64 32x32 ran 50 GFLOPS this way before ENGINE_VPIN,
+    72 with it, 43 with the loops swapped; sgemm on the im2col product: 69).
     """
     cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
     cdef Py_ssize_t R = Cg * p.kh * p.kw, vl = _vl(xq)
@@ -1455,7 +1459,7 @@ cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
     for c in range(Cg):
         for i in range(p.kh):
             for j in range(p.kw):
-                toff[(c * p.kh + i) * p.kw + j] = c * g.chan + i * p.dh * g.rowlen + g.tap_off[j]
+                toff[(c * p.kh + i) * p.kw + j] = _tap_offset(&p, &g, c, i, j)
     memset(parts, 0, nchunks * wsize * vl * sizeof(floating))
     with parallel(num_threads=nthreads):
         old = engine_ftz_enter()
