@@ -1,4 +1,4 @@
-# 2-D convolution kernels, NCHW, float32/float64, two algorithms:
+# 2-D convolution kernels, NCHW, float32/float64, three algorithms:
 #
 #   im2col + GEMM : per work item (one image, or a few small images batched
 #                   into one GEMM) unfold the input into a column buffer (in
@@ -7,10 +7,14 @@
 #                   stride-1 unpadded conv skips the unfold (a plain GEMM).
 #   direct        : no column buffer; one zero-padded copy of the input planes
 #                   per (image, group) and register-tiled vector micro-kernels
-#                   (2 rows x 8 channels x 16 pixels of float32 accumulators).
+#                   (AVX2: 1 row x 6 channels x 2 vectors of accumulators).
 #                   Wins for depthwise/grouped conv, 1-3 input channels, and
-#                   the forward / stride-1 grad-input of 3x3 layers with
-#                   Kg % 8 == 0 (see conv2d_choose_algo in conv.pyx).
+#                   the forward / stride-1 grad-input of most 3x3 and 5x5
+#                   layers (see conv2d_choose_algo in conv.pyx).
+#   winograd      : F(2x2, 3x3) for 3x3 stride-1 layers: per block of 2x2
+#                   output tiles, input transform, 16 GEMMs over the channels
+#                   (on the direct path's micro-kernels), output transform;
+#                   2.25x fewer multiplies. Wins from ~48 channels in and out.
 #
 # Use from Cython (all entries are nogil; fill OH/OW yourself for asymmetric
 # padding, or call conv2d_set_output_size):
@@ -48,6 +52,7 @@ cdef enum ConvAlgo:
     CONV_ALGO_AUTO = 0
     CONV_ALGO_IM2COL = 1
     CONV_ALGO_DIRECT = 2
+    CONV_ALGO_WINOGRAD = 3     # F(2x2, 3x3): 3x3, stride 1, dilation 1 only
 
 # Fill p.OH, p.OW for symmetric padding (ph, pw on both sides).
 # ENGINE_EBADARG when the kernel does not fit the padded input.
@@ -61,7 +66,8 @@ cdef enum ConvPass:
     CONV_PASS_BACKWARD_INPUT = 1
     CONV_PASS_BACKWARD_WEIGHT = 2
 
-# The algorithm 'auto' picks for this layer shape and pass (IM2COL or DIRECT).
+# The algorithm 'auto' picks for this layer shape and pass (IM2COL, DIRECT or
+# WINOGRAD).
 cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p, ConvPass which) noexcept nogil
 
 # cols (N, C*kh*kw, OH*OW), rows ordered (c, i, j); parallel over images.
@@ -92,6 +98,17 @@ cdef int conv2d_direct_backward_input(Conv2dParams p, const floating* w,
 cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
                                        const floating* dy, floating* dw,
                                        floating* db, bint accumulate) noexcept nogil
+
+# Winograd F(2x2, 3x3) (3x3, stride 1, dilation 1; the grad-input also
+# needs padding <= 2): ENGINE_EBADARG for other shapes. conv2d_backward with
+# CONV_ALGO_WINOGRAD runs the weight gradient (and a grad-input with padding
+# > 2) as CONV_ALGO_AUTO picks.
+cdef int conv2d_winograd_forward(Conv2dParams p, const floating* x,
+                                 const floating* w, const floating* b,
+                                 floating* y) noexcept nogil
+cdef int conv2d_winograd_backward_input(Conv2dParams p, const floating* w,
+                                        const floating* dy,
+                                        floating* dx) noexcept nogil
 
 # Dispatch on `algo` (CONV_ALGO_AUTO -> conv2d_choose_algo for each pass).
 cdef int conv2d_forward(Conv2dParams p, ConvAlgo algo, const floating* x,

@@ -138,6 +138,17 @@ cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p, ConvPass which) noexcept
     # a short inner dimension run far below sgemm speed, direct loops do not.
     if Cg * p.kh * p.kw <= 32 or Kg < 8:
         return CONV_ALGO_DIRECT
+    # Winograd F(2x2, 3x3) does 16 multiplies where the others do 36, but
+    # its input and output transforms cost about as much as a GEMM over 32
+    # channels: 1 thread on Zen 3, ms direct / winograd, forward, b32 3x3
+    # 64->64 32x32 31.6 / 20.2, 64->64 16x16 9.8 / 7.3, 128->128 8x8 10.1 /
+    # 7.3, 256->256 4x4 20.1 (im2col 14.2) / 8.9, 64->128 16x16 14.8 / 10.1,
+    # b8 64->64 56x56 26.1 / 18.1; but 32->32 16x16 2.6 / 2.7, 16->16 32x32
+    # 2.8 / 3.7, 32->64 8x8 1.3 / 1.6. The stride-1 grad-input is the same
+    # convolution with Cg and Kg swapped.
+    if _winograd_fits(p) and Cg >= 48 and Kg >= 48 and (
+            which == CONV_PASS_FORWARD or _direct_dx_is_forward(p)):
+        return CONV_ALGO_WINOGRAD
     # The forward tiles (and the stride-1 grad-input, a forward of dy with
     # Cg and Kg swapped) beat im2col once rows fill a vector: 1 thread on Zen
     # 3 (AVX2), GFLOPS im2col / direct, 3x3 64->64 b32 32x32 54 / 73, 32->64
@@ -1288,43 +1299,53 @@ cdef void _direct_backward_input_item(const Conv2dParams* p, const floating* w,
 
 
 
+cdef floating* _dx_forward_weights(const Conv2dParams* p, const floating* w,
+                                   Conv2dParams* q) noexcept nogil:
+    """For a stride-1 grad-input (_direct_dx_is_forward): dx is the forward
+    convolution q of dy (padded by the kernel extent minus ph, pw) with the
+    flipped, group-transposed weights, returned in a new buffer (NULL when
+    out of memory; the caller frees it)."""
+    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups, grp, c, k, i, j
+    cdef floating* w2 = <floating*>malloc(p.C * Kg * p.kh * p.kw * sizeof(floating))
+    q[0] = p[0]
+    q.C, q.H, q.W, q.K = p.K, p.OH, p.OW, p.C
+    q.ph = p.dh * (p.kh - 1) - p.ph
+    q.pw = p.dw * (p.kw - 1) - p.pw
+    q.OH, q.OW = p.H, p.W
+    if w2 == NULL:
+        return NULL
+    for grp in range(p.groups):
+        for c in range(Cg):
+            for k in range(Kg):
+                for i in range(p.kh):
+                    for j in range(p.kw):
+                        w2[(((grp * Cg + c) * Kg + k) * p.kh + i) * p.kw + j] = w[
+                            (((grp * Kg + k) * Cg + c) * p.kh + p.kh - 1 - i) * p.kw
+                            + p.kw - 1 - j]
+    return w2
+
+
 cdef int conv2d_direct_backward_input(Conv2dParams p, const floating* w,
                                       const floating* dy,
                                       floating* dx) noexcept nogil:
     cdef int err = conv2d_check_params(&p)
     if err:
         return err
-    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups
-    cdef Py_ssize_t grp, c, k, i, j, it, per
+    cdef Py_ssize_t it, per
     cdef Conv2dParams q
     cdef floating* w2
     cdef floating* ws
     cdef int nthreads = _team(p.N * p.groups, _conv_flops(&p))
     cdef unsigned int old
     if _direct_dx_is_forward(&p):
-        # Stride 1: dx is the direct convolution of dy (padded by the kernel
-        # extent minus ph, pw) with the flipped, group-transposed weights.
-        q = p
-        q.C, q.H, q.W, q.K = p.K, p.OH, p.OW, p.C
-        q.ph = p.dh * (p.kh - 1) - p.ph
-        q.pw = p.dw * (p.kw - 1) - p.pw
-        q.OH, q.OW = p.H, p.W
-        w2 = <floating*>malloc(p.C * Kg * p.kh * p.kw * sizeof(floating))
+        w2 = _dx_forward_weights(&p, w, &q)
         if w2 == NULL:
             return ENGINE_ENOMEM
-        for grp in range(p.groups):
-            for c in range(Cg):
-                for k in range(Kg):
-                    for i in range(p.kh):
-                        for j in range(p.kw):
-                            w2[(((grp * Cg + c) * Kg + k) * p.kh + i) * p.kw + j] = w[
-                                (((grp * Kg + k) * Cg + c) * p.kh + p.kh - 1 - i) * p.kw
-                                + p.kw - 1 - j]
         err = _direct_conv(&q, dy, w2, <const floating*>NULL, dx)
         free(w2)
         return err
     # Strided: scatter each output row's taps into a padded dx plane.
-    per = Cg * _padded_rows(&p) * _padded_cols(&p)
+    per = (p.C // p.groups) * _padded_rows(&p) * _padded_cols(&p)
     if p.N * p.groups < nthreads:
         nthreads = <int>(p.N * p.groups)
     ws = <floating*>malloc(nthreads * per * sizeof(floating))
@@ -1487,6 +1508,376 @@ cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
     return ENGINE_OK
 
 
+# -- Winograd F(2x2, 3x3) -----------------------------------------------------
+# A 3x3 stride-1 convolution computed per 2x2 output tile from the 4x4 input
+# patch under it (Lavin & Gray 2015): V = B^T d B per (channel, tile), U =
+# G g G^T per (out, in channel), M[xi] = U[xi] V[xi] for the 16 points xi
+# (16 GEMMs over the input channels), y = A^T M A + bias. 16 multiplies per
+# (tile, channel pair) instead of 36. The GEMMs run on the direct forward's
+# tile kernels: a GEMM is a 1x1 convolution whose taps are input channels.
+# Tiles go in blocks of whole tile rows (which may span images); one thread
+# transforms a block's input, runs its 16 GEMMs and transforms its output,
+# so the results do not depend on the thread count.
+
+cdef extern from *:
+    """
+    /* Even / odd columns of one zero-padded input row: E[s] = xp[2s], O[s] =
+       xp[2s + 1] for s <= nt, xp[i] = r[i - pw] inside the row's W columns
+       (r NULL: a row of padding). Split once per row, every 1-D transform
+       below is a contiguous (vectorisable) loop. */
+    #define ENGINE_WINO_SPLIT(NAME, T)                                          \\
+    static void NAME(const T* r, ptrdiff_t W, ptrdiff_t pw, ptrdiff_t nt,       \\
+                     T* restrict E, T* restrict O)                              \\
+    {                                                                           \\
+        ptrdiff_t s, lo = (pw + 1) / 2, hi = pw + W - 2 >= 0 ? (pw + W - 2) / 2 + 1 : 0; \\
+        if (hi > nt + 1) hi = nt + 1;                                           \\
+        if (lo > hi) lo = hi;                                                   \\
+        if (r == NULL) {                                                        \\
+            for (s = 0; s <= nt; s++) E[s] = O[s] = 0;                          \\
+            return;                                                             \\
+        }                                                                       \\
+        for (s = 0; s <= nt; s++) {                                             \\
+            if (s == lo) s = hi;   /* the interior, below */                    \\
+            if (s > nt) break;                                                  \\
+            ptrdiff_t c0 = 2 * s - pw, c1 = c0 + 1;                             \\
+            E[s] = (c0 >= 0 && c0 < W) ? r[c0] : 0;                             \\
+            O[s] = (c1 >= 0 && c1 < W) ? r[c1] : 0;                             \\
+        }                                                                       \\
+        const T* restrict rr = r + 2 * lo - pw;                                 \\
+        for (s = 0; s < hi - lo; s++) {                                         \\
+            E[lo + s] = rr[2 * s];                                              \\
+            O[lo + s] = rr[2 * s + 1];                                          \\
+        }                                                                       \\
+    }
+
+    /* Input transform of one tile row of one channel: eo holds the split
+       rows 2*ty - ph + a, a = 0..3, each [E | O] of 2*(nt + 1). Writes
+       v[xi*vs + t] = (B^T d_t B)[xi] for the nt tiles t of the row, with
+       B^T d = (d0 - d2, d1 + d2, d2 - d1, d1 - d3): first down the rows
+       (into q, 4 rows of [E | O]), then along them. */
+    #define ENGINE_WINO_INPUT(NAME, T)                                          \\
+    static void NAME(const T* restrict eo, ptrdiff_t nt, T* restrict q,         \\
+                     T* restrict v, ptrdiff_t vs)                               \\
+    {                                                                           \\
+        ptrdiff_t n = 2 * (nt + 1);                                             \\
+        const T* restrict d0 = eo;                                              \\
+        const T* restrict d1 = eo + n;                                          \\
+        const T* restrict d2 = eo + 2 * n;                                      \\
+        const T* restrict d3 = eo + 3 * n;                                      \\
+        T* restrict q0 = q;                                                     \\
+        T* restrict q1 = q + n;                                                 \\
+        T* restrict q2 = q + 2 * n;                                             \\
+        T* restrict q3 = q + 3 * n;                                             \\
+        for (ptrdiff_t s = 0; s < n; s++) {                                     \\
+            q0[s] = d0[s] - d2[s];                                              \\
+            q1[s] = d1[s] + d2[s];                                              \\
+            q2[s] = d2[s] - d1[s];                                              \\
+            q3[s] = d1[s] - d3[s];                                              \\
+        }                                                                       \\
+        for (int a = 0; a < 4; a++) {                                           \\
+            const T* restrict E = q + a * n;                                    \\
+            const T* restrict O = E + nt + 1;                                   \\
+            T* restrict v0 = v + 4 * a * vs;                                    \\
+            T* restrict v1 = v0 + vs;                                           \\
+            T* restrict v2 = v1 + vs;                                           \\
+            T* restrict v3 = v2 + vs;                                           \\
+            for (ptrdiff_t t = 0; t < nt; t++) {                                \\
+                v0[t] = E[t] - E[t + 1];                                        \\
+                v1[t] = O[t] + E[t + 1];                                        \\
+                v2[t] = E[t + 1] - O[t];                                        \\
+                v3[t] = O[t] - O[t + 1];                                        \\
+            }                                                                   \\
+        }                                                                       \\
+    }
+
+    /* Output transform of one tile row of one output channel: m[xi*ms + t]
+       holds M[xi] of tile t; o gets 4 rows of nt: the even and odd pixels
+       of output row 2*ty, then of row 2*ty + 1, of A^T M A + bias with
+       A^T = [1 1 1 0; 0 1 -1 -1]. */
+    #define ENGINE_WINO_OUTPUT(NAME, T)                                         \\
+    static void NAME(const T* restrict m, ptrdiff_t ms, ptrdiff_t nt, T bias,   \\
+                     T* restrict o)                                             \\
+    {                                                                           \\
+        T* restrict o0 = o;                                                     \\
+        T* restrict o1 = o + nt;                                                \\
+        T* restrict o2 = o + 2 * nt;                                            \\
+        T* restrict o3 = o + 3 * nt;                                            \\
+        for (ptrdiff_t t = 0; t < nt; t++) {                                    \\
+            T s0[4], s1[4];                                                     \\
+            for (int b = 0; b < 4; b++) {                                       \\
+                T m1 = m[(4 + b) * ms + t], m2 = m[(8 + b) * ms + t];           \\
+                s0[b] = m[b * ms + t] + m1 + m2;                                \\
+                s1[b] = m1 - m2 - m[(12 + b) * ms + t];                         \\
+            }                                                                   \\
+            o0[t] = s0[0] + s0[1] + s0[2] + bias;                               \\
+            o1[t] = s0[1] - s0[2] - s0[3] + bias;                               \\
+            o2[t] = s1[0] + s1[1] + s1[2] + bias;                               \\
+            o3[t] = s1[1] - s1[2] - s1[3] + bias;                               \\
+        }                                                                       \\
+    }
+
+    /* y[0:W] = even / odd pixels e, o interleaved. */
+    #define ENGINE_WINO_MERGE(NAME, T)                                          \\
+    static void NAME(const T* restrict e, const T* restrict o, ptrdiff_t W,     \\
+                     T* restrict y)                                             \\
+    {                                                                           \\
+        for (ptrdiff_t t = 0; t < W / 2; t++) {                                 \\
+            y[2 * t] = e[t];                                                    \\
+            y[2 * t + 1] = o[t];                                                \\
+        }                                                                       \\
+        if (W % 2) y[W - 1] = e[W / 2];                                         \\
+    }
+    ENGINE_WINO_SPLIT(engine_wino_split_f32, float)
+    ENGINE_WINO_SPLIT(engine_wino_split_f64, double)
+    ENGINE_WINO_INPUT(engine_wino_input_f32, float)
+    ENGINE_WINO_INPUT(engine_wino_input_f64, double)
+    ENGINE_WINO_OUTPUT(engine_wino_output_f32, float)
+    ENGINE_WINO_OUTPUT(engine_wino_output_f64, double)
+    ENGINE_WINO_MERGE(engine_wino_merge_f32, float)
+    ENGINE_WINO_MERGE(engine_wino_merge_f64, double)
+    """
+    void engine_wino_split_f32(const float* r, Py_ssize_t W, Py_ssize_t pw, Py_ssize_t nt,
+                               float* E, float* O) noexcept nogil
+    void engine_wino_split_f64(const double* r, Py_ssize_t W, Py_ssize_t pw, Py_ssize_t nt,
+                               double* E, double* O) noexcept nogil
+    void engine_wino_input_f32(const float* eo, Py_ssize_t nt, float* q, float* v,
+                               Py_ssize_t vs) noexcept nogil
+    void engine_wino_input_f64(const double* eo, Py_ssize_t nt, double* q, double* v,
+                               Py_ssize_t vs) noexcept nogil
+    void engine_wino_output_f32(const float* m, Py_ssize_t ms, Py_ssize_t nt, float bias,
+                                float* o) noexcept nogil
+    void engine_wino_output_f64(const double* m, Py_ssize_t ms, Py_ssize_t nt, double bias,
+                                double* o) noexcept nogil
+    void engine_wino_merge_f32(const float* e, const float* o, Py_ssize_t W,
+                               float* y) noexcept nogil
+    void engine_wino_merge_f64(const double* e, const double* o, Py_ssize_t W,
+                               double* y) noexcept nogil
+
+
+cdef enum:
+    # Input channels x tiles per block: a block's V[xi] is then 16 KB of
+    # float32 and stays in L1 while the GEMM tiles sweep its output channels.
+    _WINO_BLOCK_ELEMS = 4096
+
+
+cdef struct WinoGeom:
+    Py_ssize_t TH, TWt      # tile rows and tile columns per image
+    Py_ssize_t rows         # tile rows per block (a block may span images)
+    Py_ssize_t T            # tiles per block, padded to the GEMM tile width
+    Py_ssize_t nblocks      # blocks over the batch's N * TH tile rows
+    Py_ssize_t GW           # GEMM tile width: 2 vectors of tiles
+    Py_ssize_t vs, ms       # strides of V[xi] and M[xi], padded
+
+
+cdef inline bint _winograd_fits(const Conv2dParams* p) noexcept nogil:
+    """3x3, stride 1, dilation 1: the shapes F(2x2, 3x3) computes."""
+    return (p.kh == 3 and p.kw == 3 and p.sh == 1 and p.sw == 1
+            and p.dh == 1 and p.dw == 1)
+
+
+cdef void _winograd_geom(const Conv2dParams* p, Py_ssize_t vl, WinoGeom* g) noexcept nogil:
+    cdef Py_ssize_t Cg = p.C // p.groups
+    g.TH = ceil_div(p.OH, 2)
+    g.TWt = ceil_div(p.OW, 2)
+    g.GW = 2 * vl
+    g.rows = max(<Py_ssize_t>1, max(g.GW, _WINO_BLOCK_ELEMS // Cg) // g.TWt)
+    g.rows = min(g.rows, p.N * g.TH)
+    g.T = ceil_div(g.rows * g.TWt, g.GW) * g.GW
+    g.nblocks = ceil_div(p.N * g.TH, g.rows)
+    # V[xi] and M[xi] are 16 KB apart for 64 channels: unpadded, the 16
+    # points of one tile fall in one L1 set and the transforms ran 2x slower.
+    g.vs = Cg * g.T + 32
+    g.ms = (p.K // p.groups) * g.T + 32
+
+
+cdef inline Py_ssize_t _wino_channels(Py_ssize_t left) noexcept nogil:
+    """Output channels of the next GEMM tile when `left` remain (6, 4, 2, 1)."""
+    if left >= 6:
+        return 6
+    return 4 if left >= 4 else (2 if left >= 2 else 1)
+
+
+cdef void _winograd_weights(const Conv2dParams* p, const floating* w, floating* U) noexcept nogil:
+    """U[xi*K*Cg + k0*Cg + c*kb + k] = (G w[k0 + k, c] G^T)[xi] for each block
+    of kb output channels from k0 (blocks as the GEMM tiles take them), with
+    G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]."""
+    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups, KC = p.K * Cg
+    cdef Py_ssize_t grp, k0, kb, k, c, i, xi
+    cdef floating gw[4][3]
+    cdef floating u[4][4]
+    cdef const floating* f
+    for grp in range(p.groups):
+        k0 = grp * Kg
+        while k0 < (grp + 1) * Kg:
+            kb = _wino_channels((grp + 1) * Kg - k0)
+            for k in range(kb):
+                for c in range(Cg):
+                    f = w + ((k0 + k) * Cg + c) * 9
+                    for i in range(3):     # G g: combinations of kernel rows
+                        gw[0][i] = f[i]
+                        gw[1][i] = (f[i] + f[3 + i] + f[6 + i]) * 0.5
+                        gw[2][i] = (f[i] - f[3 + i] + f[6 + i]) * 0.5
+                        gw[3][i] = f[6 + i]
+                    for i in range(4):     # (G g) G^T: the same over columns
+                        u[i][0] = gw[i][0]
+                        u[i][1] = (gw[i][0] + gw[i][1] + gw[i][2]) * 0.5
+                        u[i][2] = (gw[i][0] - gw[i][1] + gw[i][2]) * 0.5
+                        u[i][3] = gw[i][2]
+                    for xi in range(16):
+                        U[xi * KC + k0 * Cg + c * kb + k] = u[xi // 4][xi % 4]
+            k0 += kb
+
+
+cdef inline Py_ssize_t _wino_scratch(const WinoGeom* g) noexcept nogil:
+    """Per-thread scratch after V and M: split rows, q, output rows."""
+    cdef Py_ssize_t n = 2 * (g.TWt + 1)
+    return (2 * g.rows + 2) * n + 4 * n + 4 * g.TWt
+
+
+cdef void _winograd_item(const Conv2dParams* p, const WinoGeom* g, const floating* x,
+                         const floating* U, const Py_ssize_t* off, const floating* bias,
+                         floating* y, Py_ssize_t blk, Py_ssize_t grp, floating* ws,
+                         bint relu) noexcept nogil:
+    """y for the tile rows of block blk, group grp. ws: V (16 x vs), M
+    (16 x ms), then _wino_scratch."""
+    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups, T = g.T, nt = g.TWt
+    cdef Py_ssize_t R0 = blk * g.rows, R1 = min(R0 + g.rows, p.N * g.TH)
+    cdef Py_ssize_t n2 = 2 * (nt + 1), c, k, k0, kb, R, S, n, ty, r, ih, xi, j, oh
+    cdef floating* V = ws
+    cdef floating* M = V + 16 * g.vs
+    cdef floating* eo = M + 16 * g.ms
+    cdef floating* q = eo + (2 * g.rows + 2) * n2
+    cdef floating* o = q + 4 * n2
+    cdef floating* yr
+    cdef const floating* xr
+    cdef floating zeros[8]
+    cdef floating bk
+    cdef DirectGeom tile           # the GEMM tile: 1 row x 2 vectors x kb channels
+    tile.RB, tile.NV = 1, 2
+    for k in range(8):
+        zeros[k] = 0
+    # Input: per run of tile rows of one image [R, S) and channel, split
+    # each input row once (neighbouring tile rows share two).
+    R = R0
+    while R < R1:
+        n, ty = R // g.TH, R % g.TH
+        S = min(R1, (n + 1) * g.TH)
+        for c in range(Cg):
+            xr = x + (n * p.C + grp * Cg + c) * p.H * p.W
+            for r in range(2 * (S - R) + 2):
+                ih = 2 * ty - p.ph + r
+                if floating is float:
+                    engine_wino_split_f32(xr + ih * p.W if 0 <= ih < p.H else NULL,
+                                          p.W, p.pw, nt, eo + r * n2, eo + r * n2 + nt + 1)
+                else:
+                    engine_wino_split_f64(xr + ih * p.W if 0 <= ih < p.H else NULL,
+                                          p.W, p.pw, nt, eo + r * n2, eo + r * n2 + nt + 1)
+            for r in range(S - R):
+                if floating is float:
+                    engine_wino_input_f32(eo + 2 * r * n2, nt, q,
+                                          V + c * T + (R - R0 + r) * nt, g.vs)
+                else:
+                    engine_wino_input_f64(eo + 2 * r * n2, nt, q,
+                                          V + c * T + (R - R0 + r) * nt, g.vs)
+        R = S
+    for xi in range(16):
+        k0 = 0
+        while k0 < Kg:
+            kb = _wino_channels(Kg - k0)
+            for j in range(T // g.GW):
+                _fwd_tile(&tile, kb, V + xi * g.vs + j * g.GW, 0, Cg, off,
+                          U + xi * p.K * Cg + (grp * Kg + k0) * Cg, zeros,
+                          M + xi * g.ms + k0 * T + j * g.GW, 0, T)
+            k0 += kb
+    for k in range(Kg):
+        bk = bias[grp * Kg + k] if bias != NULL else 0
+        for R in range(R0, R1):
+            n, ty = R // g.TH, R % g.TH
+            if floating is float:
+                engine_wino_output_f32(M + k * T + (R - R0) * nt, g.ms, nt, bk, o)
+            else:
+                engine_wino_output_f64(M + k * T + (R - R0) * nt, g.ms, nt, bk, o)
+            if relu:
+                relu_span(o, o, 4 * nt)
+            oh = 2 * ty
+            yr = y + ((n * p.K + grp * Kg + k) * p.OH + oh) * p.OW
+            if floating is float:
+                engine_wino_merge_f32(o, o + nt, p.OW, yr)
+                if oh + 1 < p.OH:
+                    engine_wino_merge_f32(o + 2 * nt, o + 3 * nt, p.OW, yr + p.OW)
+            else:
+                engine_wino_merge_f64(o, o + nt, p.OW, yr)
+                if oh + 1 < p.OH:
+                    engine_wino_merge_f64(o + 2 * nt, o + 3 * nt, p.OW, yr + p.OW)
+
+
+cdef int _winograd_conv(const Conv2dParams* p, const floating* x, const floating* w,
+                        const floating* b, floating* y, bint relu=False) noexcept nogil:
+    """y = conv(x, w) + b by F(2x2, 3x3) for checked parameters that fit it."""
+    cdef WinoGeom g
+    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups, it, c, per
+    cdef Py_ssize_t items
+    cdef int nthreads
+    cdef floating* ws
+    cdef floating* U
+    cdef Py_ssize_t* off
+    cdef unsigned int old
+    if not _winograd_fits(p):
+        return ENGINE_EBADARG
+    _winograd_geom(p, _vl(y), &g)
+    items = g.nblocks * p.groups
+    nthreads = _team(items, _conv_flops(p))
+    per = 16 * (g.vs + g.ms) + _wino_scratch(&g)
+    # calloc: the padding tiles of V are read by the GEMM (results dropped)
+    ws = <floating*>calloc(nthreads * per, sizeof(floating))
+    U = <floating*>malloc(16 * p.K * Cg * sizeof(floating))
+    off = <Py_ssize_t*>malloc(Cg * sizeof(Py_ssize_t))
+    if ws == NULL or U == NULL or off == NULL:
+        free(ws)
+        free(U)
+        free(off)
+        return ENGINE_ENOMEM
+    _winograd_weights(p, w, U)
+    for c in range(Cg):
+        off[c] = c * g.T
+    with parallel(num_threads=nthreads):
+        old = engine_ftz_enter()
+        for it in prange(items, schedule='static'):
+            _winograd_item(p, &g, x, U, off, b, y, it // p.groups, it % p.groups,
+                           ws + threadid() * per, relu)
+        engine_ftz_exit(old)
+    free(off)
+    free(U)
+    free(ws)
+    return ENGINE_OK
+
+
+cdef int conv2d_winograd_forward(Conv2dParams p, const floating* x,
+                                 const floating* w, const floating* b,
+                                 floating* y) noexcept nogil:
+    cdef int err = conv2d_check_params(&p)
+    if err:
+        return err
+    return _winograd_conv(&p, x, w, b, y)
+
+
+cdef int conv2d_winograd_backward_input(Conv2dParams p, const floating* w,
+                                        const floating* dy,
+                                        floating* dx) noexcept nogil:
+    cdef int err = conv2d_check_params(&p)
+    if err:
+        return err
+    if not _winograd_fits(&p) or not _direct_dx_is_forward(&p):
+        return ENGINE_EBADARG
+    cdef Conv2dParams q
+    cdef floating* w2 = _dx_forward_weights(&p, w, &q)
+    if w2 == NULL:
+        return ENGINE_ENOMEM
+    err = _winograd_conv(&q, dy, w2, <const floating*>NULL, dx)
+    free(w2)
+    return err
+
+
 # -- dispatch -----------------------------------------------------------------
 
 cdef int conv2d_forward(Conv2dParams p, ConvAlgo algo, const floating* x,
@@ -1508,6 +1899,11 @@ cdef int conv2d_forward_relu(Conv2dParams p, ConvAlgo algo, const floating* x,
         return _direct_conv(&p, x, w, b, y, relu)
     if algo == CONV_ALGO_IM2COL:
         return _im2col_forward(p, x, w, b, y, relu)
+    if algo == CONV_ALGO_WINOGRAD:
+        err = conv2d_check_params(&p)
+        if err:
+            return err
+        return _winograd_conv(&p, x, w, b, y, relu)
     return ENGINE_EBADARG
 
 
@@ -1517,9 +1913,11 @@ cdef int conv2d_backward(Conv2dParams p, ConvAlgo algo, const floating* x,
                          bint accumulate) noexcept nogil:
     cdef int err
     cdef ConvAlgo a = algo
-    if algo != CONV_ALGO_AUTO and algo != CONV_ALGO_IM2COL and algo != CONV_ALGO_DIRECT:
+    if (algo != CONV_ALGO_AUTO and algo != CONV_ALGO_IM2COL and algo != CONV_ALGO_DIRECT
+            and algo != CONV_ALGO_WINOGRAD):
         return ENGINE_EBADARG
-    if algo == CONV_ALGO_AUTO:
+    # Winograd computes the grad-input; the weight gradient goes as auto's.
+    if algo == CONV_ALGO_AUTO or algo == CONV_ALGO_WINOGRAD:
         a = conv2d_choose_algo(&p, CONV_PASS_BACKWARD_WEIGHT)
     if a == CONV_ALGO_DIRECT:
         err = conv2d_direct_backward_weight(p, x, dy, dw, db, accumulate)
@@ -1527,8 +1925,13 @@ cdef int conv2d_backward(Conv2dParams p, ConvAlgo algo, const floating* x,
         err = conv2d_im2col_backward_weight(p, x, dy, dw, db, accumulate)
     if err or dx == NULL:
         return err
-    if algo == CONV_ALGO_AUTO:
+    a = algo
+    # Winograd's grad-input is a forward over dy padded by 2 - padding:
+    # padding > 2 goes as auto picks.
+    if algo == CONV_ALGO_AUTO or (algo == CONV_ALGO_WINOGRAD and not _direct_dx_is_forward(&p)):
         a = conv2d_choose_algo(&p, CONV_PASS_BACKWARD_INPUT)
+    if a == CONV_ALGO_WINOGRAD:
+        return conv2d_winograd_backward_input(p, w, dy, dx)
     if a == CONV_ALGO_DIRECT:
         return conv2d_direct_backward_input(p, w, dy, dx)
     return conv2d_im2col_backward_input(p, w, dy, dx)
@@ -1536,8 +1939,10 @@ cdef int conv2d_backward(Conv2dParams p, ConvAlgo algo, const floating* x,
 
 # -- Python entries -----------------------------------------------------------
 
-_ALGOS = {"auto": CONV_ALGO_AUTO, "im2col": CONV_ALGO_IM2COL, "direct": CONV_ALGO_DIRECT}
-_ALGO_NAMES = {CONV_ALGO_IM2COL: "im2col", CONV_ALGO_DIRECT: "direct"}
+_ALGOS = {"auto": CONV_ALGO_AUTO, "im2col": CONV_ALGO_IM2COL, "direct": CONV_ALGO_DIRECT,
+          "winograd": CONV_ALGO_WINOGRAD}
+_ALGO_NAMES = {CONV_ALGO_IM2COL: "im2col", CONV_ALGO_DIRECT: "direct",
+               CONV_ALGO_WINOGRAD: "winograd"}
 
 
 def _pair(value, name):
@@ -1611,12 +2016,19 @@ cdef Conv2dParams _make_params(x_shape, w_shape, stride, padding, dilation,
     return p
 
 
-def _algo(algo, w_shape):
-    if algo not in _ALGOS:
-        raise ValueError(f"algo must be one of 'auto', 'im2col', 'direct', got {algo!r}")
+def _algo(algo, w_shape, stride=1, dilation=1):
+    if not isinstance(algo, str) or algo not in _ALGOS:
+        raise ValueError(f"algo must be one of 'auto', 'im2col', 'direct', 'winograd', "
+                         f"got {algo!r}")
     if algo == "direct" and w_shape[3] > _MAX_TAPS_ROW:
         raise ValueError(f"algo='direct' supports kernel widths up to {_MAX_TAPS_ROW}, "
                          f"got weight shape {w_shape}; use 'im2col' or 'auto'")
+    if algo == "winograd" and (tuple(w_shape[2:]) != (3, 3)
+                               or _pair(stride, "stride") != (1, 1)
+                               or _pair(dilation, "dilation") != (1, 1)):
+        raise ValueError(f"algo='winograd' needs a 3x3 kernel, stride 1 and dilation 1, "
+                         f"got weight shape {w_shape}, stride={stride!r}, "
+                         f"dilation={dilation!r}; use 'auto', 'im2col' or 'direct'")
     return _ALGOS[algo]
 
 
@@ -1640,7 +2052,8 @@ _PASSES = {"forward": CONV_PASS_FORWARD, "backward_input": CONV_PASS_BACKWARD_IN
 
 def choose_algo(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1,
                 which="forward"):
-    """The algorithm 'auto' uses for this layer and pass: 'im2col' or 'direct'.
+    """The algorithm 'auto' uses for this layer and pass: 'im2col', 'direct'
+    or 'winograd'.
 
     which: 'forward', 'backward_input' or 'backward_weight'.
     """
@@ -1671,11 +2084,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1,
     Args:
         x: (N, C, H, W) float32/float64; weight: (K, C/groups, kh, kw);
         bias: (K,) or None. padding: int, (ph, pw) or (top, bottom, left, right).
-        algo: 'auto', 'im2col' or 'direct'.
+        algo: 'auto', 'im2col', 'direct' or 'winograd' (F(2x2, 3x3): 3x3,
+            stride 1, dilation 1 only).
     Returns: y (N, K, OH, OW).
     """
     x, weight = _check_inputs(x, weight)
-    cdef ConvAlgo a = _algo(algo, weight.shape)
+    cdef ConvAlgo a = _algo(algo, weight.shape, stride, dilation)
     cdef Conv2dParams p = _make_params(x.shape, weight.shape, stride, padding,
                                        dilation, groups)
     if bias is not None:
@@ -1730,7 +2144,7 @@ cdef class Conv2dPlan:
         if len(self.x_shape) != 4 or len(self.w_shape) != 4:
             raise ValueError(f"x_shape and w_shape must have 4 entries, got "
                              f"{self.x_shape} and {self.w_shape}")
-        self.algo = _algo(algo, self.w_shape)
+        self.algo = _algo(algo, self.w_shape, stride, dilation)
         self.p = _make_params(self.x_shape, self.w_shape, stride, padding, dilation, groups)
         self.y_shape = (self.p.N, self.p.K, self.p.OH, self.p.OW)
         check_size(self.y_shape, dt, "output")
@@ -1766,7 +2180,7 @@ def conv2d_grad(x, weight, grad_out, stride=1, padding=0, dilation=1,
     """
     x, weight = _check_inputs(x, weight)
     grad_out = float_array(grad_out, "grad_out", ndim=4, dtype=x.dtype)
-    cdef ConvAlgo a = _algo(algo, weight.shape)
+    cdef ConvAlgo a = _algo(algo, weight.shape, stride, dilation)
     cdef Conv2dParams p = _make_params(x.shape, weight.shape, stride, padding,
                                        dilation, groups)
     want = (p.N, p.K, p.OH, p.OW)

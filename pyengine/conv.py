@@ -12,7 +12,7 @@ from pyengine.module import Module, Parameter, is_grad_enabled
 
 __all__ = ["Conv2d"]
 
-_ALGOS = ("auto", "im2col", "direct")
+_ALGOS = ("auto", "im2col", "direct", "winograd")
 
 
 def _int_pair(value, name, minimum):
@@ -51,8 +51,11 @@ class Conv2d(Module):
         bias: learn an additive per-channel bias.
         padding_mode: only ``'zeros'``.
         algo: ``'auto'`` (picks per layer shape), ``'im2col'`` (unfold +
-            GEMM) or ``'direct'`` (no column buffer; for depthwise/grouped
-            conv and few input channels).
+            GEMM), ``'direct'`` (no column buffer; for depthwise/grouped
+            conv and few input channels) or ``'winograd'`` (F(2x2, 3x3) for
+            the forward and grad-input of 3x3 stride-1 convolutions; the
+            weight gradient, and the grad-input when padding > 2, go as
+            'auto' picks).
         dtype: parameter dtype (float32 or float64); inputs are cast to it.
 
     Shape:
@@ -97,6 +100,11 @@ class Conv2d(Module):
             self.padding = padding
         else:
             self.padding = _int_pair(padding, "padding", 0)
+        if algo == "winograd" and (self.kernel_size, self.stride, self.dilation) != (
+                (3, 3), (1, 1), (1, 1)):
+            raise ValueError(f"algo='winograd' needs kernel_size 3, stride 1 and dilation 1. "
+                             f"Received: kernel_size={kernel_size!r}, stride={stride!r}, "
+                             f"dilation={dilation!r}")
         self.groups = int(groups)
         self.padding_mode = padding_mode
         self.algo = algo

@@ -183,7 +183,7 @@ CASES = [
     ("conv dilated kernel > input", lambda: conv.conv2d(X4, W4, dilation=3),
      ValueError, r"is larger than the padded input \(6, 6\)"),
     ("conv algo", lambda: conv.conv2d(X4, W4, algo="fft"),
-     ValueError, r"algo must be one of 'auto', 'im2col', 'direct', got 'fft'"),
+     ValueError, r"algo must be one of 'auto', 'im2col', 'direct', 'winograd', got 'fft'"),
     ("im2col kernel 0", lambda: conv.im2col(X4, 0),
      ValueError, r"weight must have a non-empty shape|kernel"),
     ("dropout p negative", lambda: dropout.dropout(a(4), -0.1, 1),

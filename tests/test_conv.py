@@ -135,6 +135,69 @@ def test_im2col_col2im_match_reference(geom, dtype, rng):
            ref.col2im(c.astype(np.float64), x.shape, k, s, p, d), dtype)
 
 
+# Winograd F(2x2, 3x3): 3x3, stride 1, dilation 1. Odd output sizes (half
+# tiles), batch 1, 1x1 and 1-column outputs, padding 0/1/2/3/asymmetric,
+# groups and depthwise, channel counts that leave GEMM blocks of 6+4+2+1,
+# small maps whose blocks span images and large ones split into blocks.
+WINO_CONFIGS = [
+    ((2, 3, 7, 9), (5, 3, 3, 3), 1),
+    ((1, 1, 3, 3), (1, 1, 3, 3), 0),                     # one tile, 1x1 output
+    ((3, 8, 32, 32), (6, 8, 3, 3), 1),                   # several blocks per image
+    ((2, 6, 5, 4), (4, 3, 3, 3), 2, 2),                  # groups 2, padding 2
+    ((2, 4, 11, 1), (4, 2, 3, 3), 1, 2),                 # one column
+    ((5, 7, 6, 13), (13, 7, 3, 3), (0, 1, 2, 0)),         # asymmetric, 6+6+1 channels
+    ((1, 2, 1, 1), (3, 2, 3, 3), 2),                     # input smaller than a tile
+    ((2, 12, 9, 10), (12, 1, 3, 3), 1, 12),              # depthwise
+    ((9, 50, 4, 5), (51, 50, 3, 3), 1),                  # blocks spanning images, 6*8+2+1
+    ((2, 3, 6, 6), (4, 3, 3, 3), 3),                     # padding 3: dx goes as auto
+    ((1, 64, 17, 15), (64, 64, 3, 3), 1),                # what auto picks it for
+]
+WINO_IDS = [f"x{c[0]}-w{c[1]}-p{c[2]}-g{c[3] if len(c) > 3 else 1}".replace(" ", "")
+            for c in WINO_CONFIGS]
+
+
+def _wino_cfg(c):
+    return (c[0], c[1], 1, c[2], 1, c[3] if len(c) > 3 else 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cfg", WINO_CONFIGS, ids=WINO_IDS)
+def test_winograd_matches_reference(cfg, dtype, rng):
+    cfg = _wino_cfg(cfg)
+    _, _, s, p, d, g = cfg
+    x, w, b, dy = _data(cfg, dtype, rng)
+    f64 = [a.astype(np.float64) for a in (x, w, b, dy)]
+    want = (ref.conv2d_forward(f64[0], f64[1], f64[2], s, p, d, g),) + \
+        ref.conv2d_backward(f64[0], f64[1], f64[3], s, p, d, g)
+    got = (kconv.conv2d(x, w, b, s, p, d, g, algo="winograd"),) + \
+        kconv.conv2d_grad(x, w, dy, s, p, d, g, algo="winograd")
+    for a, e in zip(got, want):
+        assert a.dtype == dtype
+        _close(a, e, dtype)
+    # Without bias, and fused with ReLU through a plan (as pe.Conv2d runs it).
+    _close(kconv.conv2d(x, w, None, s, p, d, g, algo="winograd"),
+           want[0] - f64[2][None, :, None, None], dtype)
+    plan = kconv.Conv2dPlan(x.shape, w.shape, dtype, s, p, d, g, algo="winograd")
+    _close(plan.forward(x, w, b, relu=True), np.maximum(want[0], 0), dtype)
+
+
+def test_winograd_large_values_and_non_finite(rng):
+    # The transforms add and subtract inputs: relative accuracy holds at
+    # large magnitudes, and a NaN / inf in the input reaches the outputs that
+    # read it (as the other algorithms).
+    x = rng.standard_normal((2, 8, 9, 9)) * 1e30
+    w = rng.standard_normal((8, 8, 3, 3))
+    _close(kconv.conv2d(x, w, padding=1, algo="winograd") / 1e30,
+           ref.conv2d_forward(x, w, None, padding=1) / 1e30, np.float64)
+    x = rng.standard_normal((1, 2, 8, 8)).astype(np.float32)
+    x[0, 1, 3, 4] = np.nan
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    y = kconv.conv2d(x, w, padding=1, algo="winograd")
+    want = np.isnan(kconv.conv2d(x, w, padding=1, algo="im2col"))
+    assert np.isnan(y[:, :, 2:5, 3:6]).all() and want[:, :, 2:5, 3:6].all()
+    assert np.isfinite(y[:, :, :, :2]).all() and np.isfinite(y[:, :, 6:]).all()
+
+
 # -- the module ---------------------------------------------------------------
 
 @pytest.mark.parametrize("kw", [
@@ -147,6 +210,18 @@ def test_im2col_col2im_match_reference(geom, dtype, rng):
 def test_gradcheck_module(kw, algo):
     pe.manual_seed(0)
     m = pe.Conv2d(**kw, algo=algo, dtype=np.float64)
+    x = np.random.default_rng(3).standard_normal((2, kw["in_channels"], 5, 6))
+    pe.gradcheck(m, x)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(in_channels=2, out_channels=3, kernel_size=3, padding=1),
+    dict(in_channels=4, out_channels=4, kernel_size=3, padding="same", groups=2, bias=False),
+    dict(in_channels=3, out_channels=2, kernel_size=3, padding=3),
+])
+def test_gradcheck_module_winograd(kw):
+    pe.manual_seed(0)
+    m = pe.Conv2d(**kw, algo="winograd", dtype=np.float64)
     x = np.random.default_rng(3).standard_normal((2, kw["in_channels"], 5, 6))
     pe.gradcheck(m, x)
 
@@ -231,7 +306,10 @@ def test_non_contiguous_input_is_copied(rng):
     (dict(in_channels=2, out_channels=2, kernel_size=3, padding="full"), "padding"),
     (dict(in_channels=2, out_channels=2, kernel_size=3, padding="same", stride=2), "stride"),
     (dict(in_channels=2, out_channels=2, kernel_size=3, padding_mode="reflect"), "padding_mode"),
-    (dict(in_channels=2, out_channels=2, kernel_size=3, algo="winograd"), "algo"),
+    (dict(in_channels=2, out_channels=2, kernel_size=3, algo="fft"), "algo"),
+    (dict(in_channels=2, out_channels=2, kernel_size=5, algo="winograd"), "winograd"),
+    (dict(in_channels=2, out_channels=2, kernel_size=3, stride=2, algo="winograd"), "winograd"),
+    (dict(in_channels=2, out_channels=2, kernel_size=3, dilation=2, algo="winograd"), "winograd"),
     (dict(in_channels=0, out_channels=2, kernel_size=3), "in_channels"),
 ])
 def test_invalid_configs_raise(kwargs, match):
@@ -268,6 +346,15 @@ def test_invalid_inputs_raise(rng):
         kconv.conv2d(x, w, np.zeros(4, np.float32))
     with pytest.raises(ValueError, match="algo"):
         kconv.conv2d(x, w, algo="fft")
+    for kw in (dict(stride=2), dict(dilation=2)):
+        with pytest.raises(ValueError, match="winograd"):
+            kconv.conv2d(x, w, algo="winograd", **kw)
+        with pytest.raises(ValueError, match="winograd"):
+            kconv.conv2d_grad(x, w, np.zeros((1, 3, 3, 3), np.float32), algo="winograd", **kw)
+    with pytest.raises(ValueError, match="winograd"):
+        kconv.conv2d(x, np.zeros((3, 2, 5, 5), np.float32), algo="winograd")
+    with pytest.raises(ValueError, match="winograd"):
+        kconv.Conv2dPlan(x.shape, (3, 2, 3, 1), np.float32, algo="winograd")
     with pytest.raises(ValueError, match="grad_out"):
         kconv.conv2d_grad(x, w, np.zeros((1, 3, 5, 5), np.float32))
 
@@ -283,23 +370,34 @@ def test_auto_heuristic(which):
     assert pick((64, 6, 14, 14), (16, 6, 5, 5)) == "direct"
     # 1x1 stride 1: a plain GEMM.
     assert pick((8, 64, 8, 8), (128, 64, 1, 1)) == "im2col"
-    # Large 3x3 layers: direct (the forward tiles need channels in multiples
-    # of 8 or 6 with AVX-512's 32 registers, any count >= 6 with AVX2's 16).
+    # 3x3 stride-1 layers with >= 48 channels in and out: Winograd for the
+    # forward and grad-input; the weight gradient direct on large maps.
     vgg = pick((32, 64, 32, 32), (64, 64, 3, 3), padding=1)
-    assert vgg == "direct"
+    assert vgg == ("direct" if which == "backward_weight" else "winograd")
     odd = pick((32, 64, 32, 32), (70, 64, 3, 3), padding=1)
+    assert odd == ("direct" if which == "backward_weight" else "winograd")
+    # Narrower 3x3 layers: direct (the forward tiles need channels in
+    # multiples of 8 or 6 with AVX-512's 32 registers, any count >= 6 with
+    # AVX2's 16).
+    narrow = pick((32, 40, 32, 32), (70, 40, 3, 3), padding=1)
     wide = kconv.simd_info()["registers"] >= 32
     want = {"forward": "im2col" if wide else "direct",     # 70 output channels
-            "backward_input": "direct",                      # 64 input channels
+            "backward_input": "direct",                      # 40 input channels
             "backward_weight": "direct"}                     # 32x32 maps
-    assert odd == want[which]
+    assert narrow == want[which]
     assert pick((32, 32, 16, 16), (32, 32, 3, 3), padding=1) == "direct"
+    # Padding 3: the grad-input is no longer a forward over padded dy.
+    pad3 = pick((32, 64, 16, 16), (64, 64, 3, 3), padding=3)
+    assert pad3 == {"forward": "winograd", "backward_input": "im2col",
+                    "backward_weight": "im2col"}[which]
     # Weight gradients of wide layers on small or strided maps: the GEMM.
     mid = pick((32, 64, 16, 16), (64, 64, 3, 3), padding=1)
-    assert mid == ("im2col" if which == "backward_weight" else "direct")
+    assert mid == ("im2col" if which == "backward_weight" else "winograd")
     strided = pick((32, 16, 32, 32), (32, 16, 3, 3), padding=1, stride=2)
     assert strided == ("direct" if which == "forward" else "im2col")
-    assert pick((32, 256, 4, 4), (256, 256, 3, 3), padding=1) == "im2col"
+    small = pick((32, 256, 4, 4), (256, 256, 3, 3), padding=1)
+    assert small == ("im2col" if which == "backward_weight" else "winograd")
+    assert pick((32, 256, 8, 8), (256, 256, 3, 3), padding=2, dilation=2) != "winograd"
     assert pick((2, 3, 8, 200), (8, 3, 1, 100)) == "im2col"   # beyond the direct tap table
     # ResNet's 1x1 stride-2 projection: subsampling + GEMM in every pass.
     assert pick((32, 32, 16, 16), (64, 32, 1, 1), stride=2) == "im2col"
@@ -324,6 +422,19 @@ def test_direct_rejects_very_wide_kernels():
     ((2, 64, 32, 32), (8, 64, 3, 3), 1, 1, 1),     # column tiles of a few rows
 ])
 def test_one_and_two_threads_bitwise_equal(shapes, algo, rng):
+    _threads_bitwise_equal(shapes, algo, rng)
+
+
+@pytest.mark.parametrize("shapes", [
+    ((16, 8, 10, 10), (16, 8, 3, 3), 1, 1, 1),     # blocks spanning images
+    ((1, 8, 40, 20), (16, 8, 3, 3), 1, 1, 1),      # blocks of one image
+    ((3, 64, 9, 9), (64, 32, 3, 3), 1, 1, 2),      # groups, odd output
+])
+def test_one_and_two_threads_bitwise_equal_winograd(shapes, rng):
+    _threads_bitwise_equal(shapes, "winograd", rng)
+
+
+def _threads_bitwise_equal(shapes, algo, rng):
     xs, ws, s, p, g = shapes
     x = rng.standard_normal(xs).astype(np.float32)
     w = rng.standard_normal(ws).astype(np.float32)
@@ -378,6 +489,14 @@ def test_matches_torch_with_copied_weights(kw, algo, rng):
         _close(m.bias.grad, tm.bias.grad.numpy(), np.float64)
 
 
+@pytest.mark.parametrize("kw", [k for k in TORCH_CASES if k["kernel_size"] == 3
+                                and k.get("stride", 1) == 1] + [
+    dict(in_channels=6, out_channels=4, kernel_size=3, padding="same", groups=2),
+])
+def test_winograd_matches_torch_with_copied_weights(kw, rng):
+    test_matches_torch_with_copied_weights(kw, "winograd", rng)
+
+
 def test_float32_matches_torch(rng):
     torch = pytest.importorskip("torch")
     tm = torch.nn.Conv2d(16, 32, 3, padding=1)
@@ -399,11 +518,11 @@ def test_float32_matches_torch(rng):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_auto_mixes_algorithms_per_pass(dtype, rng):
-    # Forward and grad-input run direct, grad-weight im2col for this shape.
+    # Forward and grad-input run Winograd, grad-weight im2col for this shape.
     cfg = ((3, 64, 12, 12), (64, 64, 3, 3), 1, 1, 1, 1)
     assert [kconv.choose_algo(cfg[0], cfg[1], padding=1, which=w)
             for w in ("forward", "backward_input", "backward_weight")] == \
-        ["direct", "direct", "im2col"]
+        ["winograd", "winograd", "im2col"]
     x, w, b, dy = _data(cfg, dtype, rng)
     f64 = [a.astype(np.float64) for a in (x, w, b, dy)]
     _close(kconv.conv2d(x, w, b, padding=1), ref.conv2d_forward(*f64[:3], padding=1), dtype)
