@@ -14,7 +14,8 @@
 #   winograd      : F(2x2, 3x3) for 3x3 stride-1 layers: per block of 2x2
 #                   output tiles, input transform, 16 GEMMs over the channels
 #                   (on the direct path's micro-kernels), output transform;
-#                   2.25x fewer multiplies. Wins from ~48 channels in and out.
+#                   2.25x fewer multiplies. Wins from ~48 channels in and out
+#                   (the weight gradient: ~64 channels on large maps).
 #
 # Use from Cython (all entries are nogil; fill OH/OW yourself for asymmetric
 # padding, or call conv2d_set_output_size):
@@ -101,14 +102,17 @@ cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
 
 # Winograd F(2x2, 3x3) (3x3, stride 1, dilation 1; the grad-input also
 # needs padding <= 2): ENGINE_EBADARG for other shapes. conv2d_backward with
-# CONV_ALGO_WINOGRAD runs the weight gradient (and a grad-input with padding
-# > 2) as CONV_ALGO_AUTO picks.
+# CONV_ALGO_WINOGRAD runs a grad-input with padding > 2 as CONV_ALGO_AUTO
+# picks.
 cdef int conv2d_winograd_forward(Conv2dParams p, const floating* x,
                                  const floating* w, const floating* b,
                                  floating* y) noexcept nogil
 cdef int conv2d_winograd_backward_input(Conv2dParams p, const floating* w,
                                         const floating* dy,
                                         floating* dx) noexcept nogil
+cdef int conv2d_winograd_backward_weight(Conv2dParams p, const floating* x,
+                                         const floating* dy, floating* dw,
+                                         floating* db, bint accumulate) noexcept nogil
 
 # Dispatch on `algo` (CONV_ALGO_AUTO -> conv2d_choose_algo for each pass).
 cdef int conv2d_forward(Conv2dParams p, ConvAlgo algo, const floating* x,

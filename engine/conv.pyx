@@ -121,6 +121,15 @@ cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p, ConvPass which) noexcept
         # 44 / 37, ResNet's 1x1 stride-2 projection 32->64 to 8x8 1.5 / 0.3.
         if Kg < 4:
             return CONV_ALGO_DIRECT
+        # Winograd's lane partials are 16 x K x Cg vectors per chunk, read and
+        # written once per block of tiles: it wins only on large maps of ~64
+        # channels (1 thread, ms direct / im2col / winograd: 3x3 64->64 32x32
+        # 33.9 / 37.3 / 28.3, 48->64 32x32 38.6 / 37.1 / 28.9, but 64->96
+        # 32x32 40.3 / 34.9 / 37.4, 64->64 16x16 11.7 / 12.0 / 13.7, 128->128
+        # 8x8 22.2 / 11.5 / 56.3).
+        if (_winograd_fits(p) and Cg >= 48 and Kg >= 48 and Cg * Kg <= 4096
+                and p.OH * p.OW >= 1024):
+            return CONV_ALGO_WINOGRAD
         if p.sw == 1 and (Cg * p.kh * p.kw <= 32 or p.OH * p.OW >= 1024
                           or (p.OW >= 10 and Kg <= 32)):
             return CONV_ALGO_DIRECT
@@ -1627,6 +1636,29 @@ cdef extern from *:
         }                                                                       \\
         if (W % 2) y[W - 1] = e[W / 2];                                         \\
     }
+    /* Weight gradient: dy transform of one tile row of one output channel.
+       r0 / r1 hold dy rows 2*ty and 2*ty + 1 split as [E | O] (nt + 1 each,
+       zeros past the edge); w[xi*ws + t] = (A dy_t A^T)[xi], the gradient
+       of M[xi] (A = A^T's transpose: rows (1 0), (1 1), (1 -1), (0 -1)). */
+    #define ENGINE_WINO_DY(NAME, T)                                             \\
+    static void NAME(const T* restrict r0, const T* restrict r1, ptrdiff_t nt,  \\
+                     T* restrict w, ptrdiff_t ws)                               \\
+    {                                                                           \\
+        const T* restrict e0 = r0;                                              \\
+        const T* restrict o0 = r0 + nt + 1;                                     \\
+        const T* restrict e1 = r1;                                              \\
+        const T* restrict o1 = r1 + nt + 1;                                     \\
+        for (ptrdiff_t t = 0; t < nt; t++) {                                    \\
+            T e[4] = {e0[t], e0[t] + e1[t], e0[t] - e1[t], -e1[t]};             \\
+            T o[4] = {o0[t], o0[t] + o1[t], o0[t] - o1[t], -o1[t]};             \\
+            for (int a = 0; a < 4; a++) {                                       \\
+                w[(4 * a) * ws + t] = e[a];                                     \\
+                w[(4 * a + 1) * ws + t] = e[a] + o[a];                          \\
+                w[(4 * a + 2) * ws + t] = e[a] - o[a];                          \\
+                w[(4 * a + 3) * ws + t] = -o[a];                                \\
+            }                                                                   \\
+        }                                                                       \\
+    }
     ENGINE_WINO_SPLIT(engine_wino_split_f32, float)
     ENGINE_WINO_SPLIT(engine_wino_split_f64, double)
     ENGINE_WINO_INPUT(engine_wino_input_f32, float)
@@ -1635,6 +1667,8 @@ cdef extern from *:
     ENGINE_WINO_OUTPUT(engine_wino_output_f64, double)
     ENGINE_WINO_MERGE(engine_wino_merge_f32, float)
     ENGINE_WINO_MERGE(engine_wino_merge_f64, double)
+    ENGINE_WINO_DY(engine_wino_dy_f32, float)
+    ENGINE_WINO_DY(engine_wino_dy_f64, double)
     """
     void engine_wino_split_f32(const float* r, Py_ssize_t W, Py_ssize_t pw, Py_ssize_t nt,
                                float* E, float* O) noexcept nogil
@@ -1652,12 +1686,20 @@ cdef extern from *:
                                float* y) noexcept nogil
     void engine_wino_merge_f64(const double* e, const double* o, Py_ssize_t W,
                                double* y) noexcept nogil
+    void engine_wino_dy_f32(const float* r0, const float* r1, Py_ssize_t nt, float* w,
+                            Py_ssize_t ws) noexcept nogil
+    void engine_wino_dy_f64(const double* r0, const double* r1, Py_ssize_t nt, double* w,
+                            Py_ssize_t ws) noexcept nogil
 
 
 cdef enum:
     # Input channels x tiles per block: a block's V[xi] is then 16 KB of
     # float32 and stays in L1 while the GEMM tiles sweep its output channels.
     _WINO_BLOCK_ELEMS = 4096
+    # Tiles per weight-gradient block: each tile call reads and writes its
+    # lane partials once per block (3x3 64->64 32x32 dW, 1 thread: 64 tiles
+    # 34.7 ms, 256 28.3, 512 29.3, 1024 29.6; direct 33.9).
+    _WINO_DW_TILES = 256
 
 
 cdef struct WinoGeom:
@@ -1687,7 +1729,7 @@ cdef void _winograd_geom(const Conv2dParams* p, Py_ssize_t vl, WinoGeom* g) noex
     # V[xi] and M[xi] are 16 KB apart for 64 channels: unpadded, the 16
     # points of one tile fall in one L1 set and the transforms ran 2x slower.
     g.vs = Cg * g.T + 32
-    g.ms = (p.K // p.groups) * g.T + 32
+    g.ms = (p.K // p.groups + 1) * g.T + 32     # + a zero channel (dW tiles of 2)
 
 
 cdef inline Py_ssize_t _wino_channels(Py_ssize_t left) noexcept nogil:
@@ -1734,6 +1776,42 @@ cdef inline Py_ssize_t _wino_scratch(const WinoGeom* g) noexcept nogil:
     return (2 * g.rows + 2) * n + 4 * n + 4 * g.TWt
 
 
+cdef inline void _wino_split(const floating* r, Py_ssize_t W, Py_ssize_t pw, Py_ssize_t nt,
+                             floating* eo) noexcept nogil:
+    if floating is float:
+        engine_wino_split_f32(r, W, pw, nt, eo, eo + nt + 1)
+    else:
+        engine_wino_split_f64(r, W, pw, nt, eo, eo + nt + 1)
+
+
+cdef void _winograd_input(const Conv2dParams* p, const WinoGeom* g, const floating* x,
+                          Py_ssize_t R0, Py_ssize_t R1, Py_ssize_t grp, floating* V,
+                          floating* eo, floating* q) noexcept nogil:
+    """V[xi*vs + c*T + (R - R0)*TWt + tx] for the tile rows R0 <= R < R1 (global
+    over the batch): per run of tile rows of one image [R, S) and channel,
+    each input row is split once (neighbouring tile rows share two)."""
+    cdef Py_ssize_t Cg = p.C // p.groups, nt = g.TWt, n2 = 2 * (g.TWt + 1)
+    cdef Py_ssize_t R = R0, S, n, ty, c, r, ih
+    cdef const floating* xr
+    while R < R1:
+        n, ty = R // g.TH, R % g.TH
+        S = min(R1, (n + 1) * g.TH)
+        for c in range(Cg):
+            xr = x + (n * p.C + grp * Cg + c) * p.H * p.W
+            for r in range(2 * (S - R) + 2):
+                ih = 2 * ty - p.ph + r
+                _wino_split(xr + ih * p.W if 0 <= ih < p.H else NULL, p.W, p.pw, nt,
+                            eo + r * n2)
+            for r in range(S - R):
+                if floating is float:
+                    engine_wino_input_f32(eo + 2 * r * n2, nt, q,
+                                          V + c * g.T + (R - R0 + r) * nt, g.vs)
+                else:
+                    engine_wino_input_f64(eo + 2 * r * n2, nt, q,
+                                          V + c * g.T + (R - R0 + r) * nt, g.vs)
+        R = S
+
+
 cdef void _winograd_item(const Conv2dParams* p, const WinoGeom* g, const floating* x,
                          const floating* U, const Py_ssize_t* off, const floating* bias,
                          floating* y, Py_ssize_t blk, Py_ssize_t grp, floating* ws,
@@ -1742,44 +1820,20 @@ cdef void _winograd_item(const Conv2dParams* p, const WinoGeom* g, const floatin
     (16 x ms), then _wino_scratch."""
     cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups, T = g.T, nt = g.TWt
     cdef Py_ssize_t R0 = blk * g.rows, R1 = min(R0 + g.rows, p.N * g.TH)
-    cdef Py_ssize_t n2 = 2 * (nt + 1), c, k, k0, kb, R, S, n, ty, r, ih, xi, j, oh
+    cdef Py_ssize_t n2 = 2 * (nt + 1), k, k0, kb, R, n, ty, xi, j, oh
     cdef floating* V = ws
     cdef floating* M = V + 16 * g.vs
     cdef floating* eo = M + 16 * g.ms
     cdef floating* q = eo + (2 * g.rows + 2) * n2
     cdef floating* o = q + 4 * n2
     cdef floating* yr
-    cdef const floating* xr
     cdef floating zeros[8]
     cdef floating bk
     cdef DirectGeom tile           # the GEMM tile: 1 row x 2 vectors x kb channels
     tile.RB, tile.NV = 1, 2
     for k in range(8):
         zeros[k] = 0
-    # Input: per run of tile rows of one image [R, S) and channel, split
-    # each input row once (neighbouring tile rows share two).
-    R = R0
-    while R < R1:
-        n, ty = R // g.TH, R % g.TH
-        S = min(R1, (n + 1) * g.TH)
-        for c in range(Cg):
-            xr = x + (n * p.C + grp * Cg + c) * p.H * p.W
-            for r in range(2 * (S - R) + 2):
-                ih = 2 * ty - p.ph + r
-                if floating is float:
-                    engine_wino_split_f32(xr + ih * p.W if 0 <= ih < p.H else NULL,
-                                          p.W, p.pw, nt, eo + r * n2, eo + r * n2 + nt + 1)
-                else:
-                    engine_wino_split_f64(xr + ih * p.W if 0 <= ih < p.H else NULL,
-                                          p.W, p.pw, nt, eo + r * n2, eo + r * n2 + nt + 1)
-            for r in range(S - R):
-                if floating is float:
-                    engine_wino_input_f32(eo + 2 * r * n2, nt, q,
-                                          V + c * T + (R - R0 + r) * nt, g.vs)
-                else:
-                    engine_wino_input_f64(eo + 2 * r * n2, nt, q,
-                                          V + c * T + (R - R0 + r) * nt, g.vs)
-        R = S
+    _winograd_input(p, g, x, R0, R1, grp, V, eo, q)
     for xi in range(16):
         k0 = 0
         while k0 < Kg:
@@ -1861,6 +1915,153 @@ cdef int conv2d_winograd_forward(Conv2dParams p, const floating* x,
     return _winograd_conv(&p, x, w, b, y)
 
 
+cdef void _winograd_weight_block(const Conv2dParams* p, const WinoGeom* g,
+                                 const floating* x, const floating* dy, Py_ssize_t R0,
+                                 Py_ssize_t R1, Py_ssize_t grp, const Py_ssize_t* coff,
+                                 floating* parts, floating* ws) noexcept nogil:
+    """parts[((xi*K + k)*Cg + c)*VL + 0:VL] += lane partials of
+    sum over tiles t of (A dy_t A^T)[xi][k] * V[xi][c][t], for the tile rows
+    R0 <= R < R1 (one block) of group grp. ws as for _winograd_item."""
+    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups, T = g.T, nt = g.TWt
+    cdef Py_ssize_t n2 = 2 * (nt + 1), vl = _vl(ws), used = (R1 - R0) * nt
+    cdef Py_ssize_t k, k0, nk, c0, nc, R, n, ty, xi, i, l, oh
+    cdef floating* V = ws
+    cdef floating* D = V + 16 * g.vs
+    cdef floating* eo = D + 16 * g.ms
+    cdef floating* q = eo + (2 * g.rows + 2) * n2
+    cdef const floating* dyr
+    cdef floating out[_DW_TILE_MAX]
+    cdef floating* dst
+    _winograd_input(p, g, x, R0, R1, grp, V, eo, q)
+    for k in range(Kg):
+        for R in range(R0, R1):
+            n, ty = R // g.TH, R % g.TH
+            oh = 2 * ty
+            dyr = dy + ((n * p.K + grp * Kg + k) * p.OH + oh) * p.OW
+            _wino_split(dyr, p.OW, 0, nt, eo)
+            _wino_split(dyr + p.OW if oh + 1 < p.OH else NULL, p.OW, 0, nt, eo + n2)
+            if floating is float:
+                engine_wino_dy_f32(eo, eo + n2, nt, D + k * T + (R - R0) * nt, g.ms)
+            else:
+                engine_wino_dy_f64(eo, eo + n2, nt, D + k * T + (R - R0) * nt, g.ms)
+    if used < T:     # tiles past the block's rows: zeros (stale ones would add in)
+        for xi in range(16):
+            for c0 in range(Cg):
+                memset(V + xi * g.vs + c0 * T + used, 0, (T - used) * sizeof(floating))
+            for k in range(Kg):
+                memset(D + xi * g.ms + k * T + used, 0, (T - used) * sizeof(floating))
+    # Per point, tiles of 2 output channels x 6 input channels (the direct
+    # dW's tile: its taps are input channels here, at offsets coff).
+    for xi in range(16):
+        k0 = 0
+        while k0 < Kg:
+            nk = min(2, Kg - k0)
+            c0 = 0
+            while c0 < Cg:
+                nc = min(6, Cg - c0)
+                dst = parts + ((xi * p.K + grp * Kg + k0) * Cg + c0) * vl
+                if nk == 2 and nc == 6:
+                    _dw_tile(2, D + xi * g.ms + k0 * T, T, 0, V + xi * g.vs, 0, coff + c0,
+                             1, T // vl, dst, Cg * vl)
+                else:
+                    memset(out, 0, 12 * vl * sizeof(floating))
+                    _dw_tile(2, D + xi * g.ms + k0 * T, T, 0, V + xi * g.vs, 0, coff + c0,
+                             1, T // vl, out, 6 * vl)
+                    for k in range(nk):
+                        for i in range(nc):
+                            for l in range(vl):
+                                dst[(k * Cg + i) * vl + l] += out[(k * 6 + i) * vl + l]
+                c0 += 6
+            k0 += 2
+
+
+cdef int conv2d_winograd_backward_weight(Conv2dParams p, const floating* x,
+                                         const floating* dy, floating* dw,
+                                         floating* db, bint accumulate) noexcept nogil:
+    """dw (+)= G^T dU G with dU[xi] = sum over tiles of (A dy A^T)[xi] V[xi]^T
+    (the adjoint of the forward's y = A^T (U . V) A with U = G w G^T)."""
+    cdef int err = conv2d_check_params(&p)
+    if err:
+        return err
+    if not _winograd_fits(&p):
+        return ENGINE_EBADARG
+    cdef WinoGeom g
+    cdef Py_ssize_t Cg = p.C // p.groups, vl = _vl(dw), size = 16 * p.K * Cg
+    cdef Py_ssize_t nchunks, per, c, n0, n1, grp, R0, b, i, l, k, xi
+    cdef int nthreads
+    cdef floating* ws
+    cdef floating* parts
+    cdef floating* dU
+    cdef floating* mine
+    cdef Py_ssize_t* coff
+    cdef floating s
+    cdef floating u[4][4]
+    cdef floating t[3][4]
+    cdef unsigned int old
+    _winograd_geom(&p, vl, &g)
+    # Longer blocks than the forward's (_WINO_DW_TILES).
+    g.rows = min(max(<Py_ssize_t>1, _WINO_DW_TILES // g.TWt), p.N * g.TH)
+    g.T = ceil_div(g.rows * g.TWt, g.GW) * g.GW
+    g.vs = Cg * g.T + 32
+    g.ms = (p.K // p.groups + 1) * g.T + 32
+    nchunks = work_chunks(p.N, _conv_flops(&p), _DW_CHUNK_FLOPS, _DW_MAX_CHUNKS)
+    nthreads = _team(nchunks, _conv_flops(&p))
+    per = 16 * (g.vs + g.ms) + _wino_scratch(&g)
+    ws = <floating*>calloc(nthreads * per, sizeof(floating))
+    parts = <floating*>calloc(nchunks * size * vl, sizeof(floating))
+    dU = <floating*>malloc(size * sizeof(floating))
+    coff = <Py_ssize_t*>calloc(Cg + 6, sizeof(Py_ssize_t))   # + dummy channels at 0
+    if ws == NULL or parts == NULL or dU == NULL or coff == NULL:
+        free(ws)
+        free(parts)
+        free(dU)
+        free(coff)
+        return ENGINE_ENOMEM
+    for c in range(Cg):
+        coff[c] = c * g.T
+    with parallel(num_threads=nthreads):
+        old = engine_ftz_enter()
+        mine = ws + threadid() * per
+        for c in prange(nchunks, schedule='static'):
+            n0, n1 = c * p.N // nchunks, (c + 1) * p.N // nchunks
+            for grp in range(p.groups):
+                for b in range(ceil_div((n1 - n0) * g.TH, g.rows)):
+                    R0 = n0 * g.TH + b * g.rows
+                    _winograd_weight_block(&p, &g, x, dy, R0, min(R0 + g.rows, n1 * g.TH),
+                                           grp, coff, parts + c * size * vl, mine)
+            # Sum the lanes in order: the chunk's partial, compacted in place.
+            for i in range(size):
+                s = 0
+                for l in range(vl):
+                    s = s + parts[(c * size + i) * vl + l]
+                parts[c * size * vl + i] = s
+        engine_ftz_exit(old)
+    for c in range(1, nchunks):
+        memmove(parts + c * size, parts + c * size * vl, size * sizeof(floating))
+    _reduce_partials(parts, nchunks, size, dU, False)
+    # dw[k, c] (+)= G^T dU[k, c] G, G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1].
+    if not accumulate:
+        memset(dw, 0, p.K * Cg * 9 * sizeof(floating))
+    for k in range(p.K * Cg):
+        for xi in range(16):
+            u[xi // 4][xi % 4] = dU[xi * p.K * Cg + k]
+        for i in range(4):
+            t[0][i] = u[0][i] + (u[1][i] + u[2][i]) * 0.5
+            t[1][i] = (u[1][i] - u[2][i]) * 0.5
+            t[2][i] = (u[1][i] + u[2][i]) * 0.5 + u[3][i]
+        for i in range(3):
+            dw[k * 9 + i * 3] += t[i][0] + (t[i][1] + t[i][2]) * 0.5
+            dw[k * 9 + i * 3 + 1] += (t[i][1] - t[i][2]) * 0.5
+            dw[k * 9 + i * 3 + 2] += (t[i][1] + t[i][2]) * 0.5 + t[i][3]
+    free(coff)
+    free(dU)
+    free(parts)
+    free(ws)
+    if db != NULL:
+        _bias_grad(&p, dy, db, accumulate)
+    return ENGINE_OK
+
+
 cdef int conv2d_winograd_backward_input(Conv2dParams p, const floating* w,
                                         const floating* dy,
                                         floating* dx) noexcept nogil:
@@ -1916,10 +2117,11 @@ cdef int conv2d_backward(Conv2dParams p, ConvAlgo algo, const floating* x,
     if (algo != CONV_ALGO_AUTO and algo != CONV_ALGO_IM2COL and algo != CONV_ALGO_DIRECT
             and algo != CONV_ALGO_WINOGRAD):
         return ENGINE_EBADARG
-    # Winograd computes the grad-input; the weight gradient goes as auto's.
-    if algo == CONV_ALGO_AUTO or algo == CONV_ALGO_WINOGRAD:
+    if algo == CONV_ALGO_AUTO:
         a = conv2d_choose_algo(&p, CONV_PASS_BACKWARD_WEIGHT)
-    if a == CONV_ALGO_DIRECT:
+    if a == CONV_ALGO_WINOGRAD:
+        err = conv2d_winograd_backward_weight(p, x, dy, dw, db, accumulate)
+    elif a == CONV_ALGO_DIRECT:
         err = conv2d_direct_backward_weight(p, x, dy, dw, db, accumulate)
     else:
         err = conv2d_im2col_backward_weight(p, x, dy, dw, db, accumulate)

@@ -52,10 +52,9 @@ class Conv2d(Module):
         padding_mode: only ``'zeros'``.
         algo: ``'auto'`` (picks per layer shape), ``'im2col'`` (unfold +
             GEMM), ``'direct'`` (no column buffer; for depthwise/grouped
-            conv and few input channels) or ``'winograd'`` (F(2x2, 3x3) for
-            the forward and grad-input of 3x3 stride-1 convolutions; the
-            weight gradient, and the grad-input when padding > 2, go as
-            'auto' picks).
+            conv and few input channels) or ``'winograd'`` (F(2x2, 3x3);
+            3x3 stride-1 convolutions only; a grad-input with padding > 2
+            goes as 'auto' picks).
         dtype: parameter dtype (float32 or float64); inputs are cast to it.
 
     Shape:

@@ -151,6 +151,7 @@ WINO_CONFIGS = [
     ((9, 50, 4, 5), (51, 50, 3, 3), 1),                  # blocks spanning images, 6*8+2+1
     ((2, 3, 6, 6), (4, 3, 3, 3), 3),                     # padding 3: dx goes as auto
     ((1, 64, 17, 15), (64, 64, 3, 3), 1),                # what auto picks it for
+    ((3, 4, 30, 30), (5, 4, 3, 3), 1),                   # dW: a shorter last block
 ]
 WINO_IDS = [f"x{c[0]}-w{c[1]}-p{c[2]}-g{c[3] if len(c) > 3 else 1}".replace(" ", "")
             for c in WINO_CONFIGS]
@@ -179,6 +180,11 @@ def test_winograd_matches_reference(cfg, dtype, rng):
            want[0] - f64[2][None, :, None, None], dtype)
     plan = kconv.Conv2dPlan(x.shape, w.shape, dtype, s, p, d, g, algo="winograd")
     _close(plan.forward(x, w, b, relu=True), np.maximum(want[0], 0), dtype)
+    # Accumulating into given gradient arrays.
+    _, dw, db = kconv.conv2d_grad(x, w, dy, s, p, d, g, algo="winograd", input_grad=False,
+                                  grad_weight=got[2].copy(), grad_bias=got[3].copy())
+    _close(dw, 2 * want[2], dtype)
+    _close(db, 2 * want[3], dtype)
 
 
 def test_winograd_large_values_and_non_finite(rng):
@@ -371,9 +377,10 @@ def test_auto_heuristic(which):
     # 1x1 stride 1: a plain GEMM.
     assert pick((8, 64, 8, 8), (128, 64, 1, 1)) == "im2col"
     # 3x3 stride-1 layers with >= 48 channels in and out: Winograd for the
-    # forward and grad-input; the weight gradient direct on large maps.
-    vgg = pick((32, 64, 32, 32), (64, 64, 3, 3), padding=1)
-    assert vgg == ("direct" if which == "backward_weight" else "winograd")
+    # forward and grad-input, and for the weight gradient of ~64 channels on
+    # large maps (direct or im2col for the others).
+    assert pick((32, 64, 32, 32), (64, 64, 3, 3), padding=1) == "winograd"
+    assert pick((8, 48, 56, 56), (64, 48, 3, 3), padding=1) == "winograd"
     odd = pick((32, 64, 32, 32), (70, 64, 3, 3), padding=1)
     assert odd == ("direct" if which == "backward_weight" else "winograd")
     # Narrower 3x3 layers: direct (the forward tiles need channels in
