@@ -1700,6 +1700,7 @@ cdef enum:
     # lane partials once per block (3x3 64->64 32x32 dW, 1 thread: 64 tiles
     # 34.7 ms, 256 28.3, 512 29.3, 1024 29.6; direct 33.9).
     _WINO_DW_TILES = 256
+    _WINO_DW_MAX_WEIGHTS = 16384   # K * Cg limit of the Winograd weight gradient
 
 
 cdef struct WinoGeom:
@@ -2117,7 +2118,10 @@ cdef int conv2d_backward(Conv2dParams p, ConvAlgo algo, const floating* x,
     if (algo != CONV_ALGO_AUTO and algo != CONV_ALGO_IM2COL and algo != CONV_ALGO_DIRECT
             and algo != CONV_ALGO_WINOGRAD):
         return ENGINE_EBADARG
-    if algo == CONV_ALGO_AUTO:
+    # Winograd's weight gradient keeps 16 x K x Cg lane vectors per chunk
+    # (128 MB for 256 -> 256 channels): wider layers go as auto picks.
+    if algo == CONV_ALGO_AUTO or (algo == CONV_ALGO_WINOGRAD
+                                  and p.K * (p.C // p.groups) > _WINO_DW_MAX_WEIGHTS):
         a = conv2d_choose_algo(&p, CONV_PASS_BACKWARD_WEIGHT)
     if a == CONV_ALGO_WINOGRAD:
         err = conv2d_winograd_backward_weight(p, x, dy, dw, db, accumulate)
