@@ -33,6 +33,12 @@ CONFIGS = [
     ((2, 14, 7, 7), (14, 7, 3, 3), 1, 1, 1, 2),          # 6+1 per group
     ((2, 3, 11, 17), (13, 3, 3, 3), 2, 1, 1, 1),         # 6+6+1, strided
     ((1, 6, 5, 9), (7, 6, 3, 3), 1, 3, 1, 1),            # bands reading only padding, odd rows
+    # Direct weight gradient with output channels in the lanes: 2 vectors x
+    # 6 taps (float32: 16 channels), 1 vector x 12 taps with groups and
+    # stride, 3 blocks of 1 vector with dilation.
+    ((3, 5, 9, 10), (16, 5, 3, 3), 1, 1, 1, 1),
+    ((2, 8, 11, 7), (16, 4, 3, 3), (2, 1), 1, 1, 2),
+    ((2, 6, 12, 12), (24, 6, 3, 3), 1, 2, 2, 1),
 ]
 IDS = [f"x{c[0]}-w{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}".replace(" ", "") for c in CONFIGS]
 ALGOS = ["im2col", "direct"]
@@ -397,12 +403,12 @@ def test_auto_heuristic(which):
     # Padding 3: the grad-input is no longer a forward over padded dy.
     pad3 = pick((32, 64, 16, 16), (64, 64, 3, 3), padding=3)
     assert pad3 == {"forward": "winograd", "backward_input": "im2col",
-                    "backward_weight": "im2col"}[which]
+                    "backward_weight": "direct"}[which]
     # Weight gradients of wide layers on small or strided maps: the GEMM.
     mid = pick((32, 64, 16, 16), (64, 64, 3, 3), padding=1)
-    assert mid == ("im2col" if which == "backward_weight" else "winograd")
+    assert mid == ("direct" if which == "backward_weight" else "winograd")
     strided = pick((32, 16, 32, 32), (32, 16, 3, 3), padding=1, stride=2)
-    assert strided == ("direct" if which == "forward" else "im2col")
+    assert strided == ("im2col" if which == "backward_input" else "direct")
     small = pick((32, 256, 4, 4), (256, 256, 3, 3), padding=1)
     assert small == ("im2col" if which == "backward_weight" else "winograd")
     assert pick((32, 256, 8, 8), (256, 256, 3, 3), padding=2, dilation=2) != "winograd"
@@ -527,7 +533,7 @@ def test_float32_matches_torch(rng):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_auto_mixes_algorithms_per_pass(dtype, rng):
     # Forward and grad-input run Winograd, grad-weight im2col for this shape.
-    cfg = ((3, 64, 12, 12), (64, 64, 3, 3), 1, 1, 1, 1)
+    cfg = ((3, 64, 12, 12), (70, 64, 3, 3), 1, 1, 1, 1)
     assert [kconv.choose_algo(cfg[0], cfg[1], padding=1, which=w)
             for w in ("forward", "backward_input", "backward_weight")] == \
         ["winograd", "winograd", "im2col"]
