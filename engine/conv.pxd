@@ -103,7 +103,7 @@ cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
 # Winograd F(2x2, 3x3) (3x3, stride 1, dilation 1; the grad-input also
 # needs padding <= 2): ENGINE_EBADARG for other shapes. conv2d_backward with
 # CONV_ALGO_WINOGRAD runs a grad-input with padding > 2, and the weight
-# gradient when K * C/groups > 16384, as CONV_ALGO_AUTO picks.
+# gradient when K * C/groups > 65536, as CONV_ALGO_AUTO picks.
 cdef int conv2d_winograd_forward(Conv2dParams p, const floating* x,
                                  const floating* w, const floating* b,
                                  floating* y) noexcept nogil

@@ -121,12 +121,12 @@ cdef ConvAlgo conv2d_choose_algo(const Conv2dParams* p, ConvPass which) noexcept
         # 44 / 37, ResNet's 1x1 stride-2 projection 32->64 to 8x8 1.5 / 0.3.
         if Kg < 4:
             return CONV_ALGO_DIRECT
-        # Winograd's lane partials are 16 x K x Cg vectors per chunk, read and
-        # written once per block of tiles: it wins only on large maps of ~64
-        # channels (1 thread, ms direct / im2col / winograd: 3x3 64->64 32x32
-        # 33.9 / 37.3 / 28.3, 48->64 32x32 38.6 / 37.1 / 28.9, but 64->96
-        # 32x32 40.3 / 34.9 / 37.4, 64->64 16x16 11.7 / 12.0 / 13.7, 128->128
-        # 8x8 22.2 / 11.5 / 56.3).
+        # Winograd's weight gradient wins on large maps of ~64 channels only
+        # (1 thread, min of 8 interleaved runs on a slow day, ms direct /
+        # im2col / winograd: 3x3 64->64 32x32 50.0 / 50.0 / 41.2; level at
+        # 128->128 16x16 45.4 / 49.9 / 44.6, 64->128 16x16 23.0 / 24.8 / 23.8,
+        # 64->64 16x16 11.8 / 15.2 / 11.9; behind at 128->128 8x8 and
+        # 256->256 4x4, where its transforms outweigh the GEMMs).
         if (_winograd_fits(p) and Cg >= 48 and Kg >= 48 and Cg * Kg <= 4096
                 and p.OH * p.OW >= 1024):
             return CONV_ALGO_WINOGRAD
@@ -1800,11 +1800,11 @@ cdef extern from *:
     }
     /* Weight gradient: dy transform of one tile row of one output channel.
        r0 / r1 hold dy rows 2*ty and 2*ty + 1 split as [E | O] (nt + 1 each,
-       zeros past the edge); w[xi*ws + t] = (A dy_t A^T)[xi], the gradient
+       zeros past the edge); w[xi*ws + t*ts] = (A dy_t A^T)[xi], the gradient
        of M[xi] (A = A^T's transpose: rows (1 0), (1 1), (1 -1), (0 -1)). */
     #define ENGINE_WINO_DY(NAME, T)                                             \\
     static void NAME(const T* restrict r0, const T* restrict r1, ptrdiff_t nt,  \\
-                     T* restrict w, ptrdiff_t ws)                               \\
+                     T* restrict w, ptrdiff_t ws, ptrdiff_t ts)                 \\
     {                                                                           \\
         const T* restrict e0 = r0;                                              \\
         const T* restrict o0 = r0 + nt + 1;                                     \\
@@ -1814,10 +1814,10 @@ cdef extern from *:
             T e[4] = {e0[t], e0[t] + e1[t], e0[t] - e1[t], -e1[t]};             \\
             T o[4] = {o0[t], o0[t] + o1[t], o0[t] - o1[t], -o1[t]};             \\
             for (int a = 0; a < 4; a++) {                                       \\
-                w[(4 * a) * ws + t] = e[a];                                     \\
-                w[(4 * a + 1) * ws + t] = e[a] + o[a];                          \\
-                w[(4 * a + 2) * ws + t] = e[a] - o[a];                          \\
-                w[(4 * a + 3) * ws + t] = -o[a];                                \\
+                w[(4 * a) * ws + t * ts] = e[a];                                \\
+                w[(4 * a + 1) * ws + t * ts] = e[a] + o[a];                     \\
+                w[(4 * a + 2) * ws + t * ts] = e[a] - o[a];                     \\
+                w[(4 * a + 3) * ws + t * ts] = -o[a];                           \\
             }                                                                   \\
         }                                                                       \\
     }
@@ -1849,20 +1849,20 @@ cdef extern from *:
     void engine_wino_merge_f64(const double* e, const double* o, Py_ssize_t W,
                                double* y) noexcept nogil
     void engine_wino_dy_f32(const float* r0, const float* r1, Py_ssize_t nt, float* w,
-                            Py_ssize_t ws) noexcept nogil
+                            Py_ssize_t ws, Py_ssize_t ts) noexcept nogil
     void engine_wino_dy_f64(const double* r0, const double* r1, Py_ssize_t nt, double* w,
-                            Py_ssize_t ws) noexcept nogil
+                            Py_ssize_t ws, Py_ssize_t ts) noexcept nogil
 
 
 cdef enum:
     # Input channels x tiles per block: a block's V[xi] is then 16 KB of
     # float32 and stays in L1 while the GEMM tiles sweep its output channels.
     _WINO_BLOCK_ELEMS = 4096
-    # Tiles per weight-gradient block: each tile call reads and writes its
-    # lane partials once per block (3x3 64->64 32x32 dW, 1 thread: 64 tiles
-    # 34.7 ms, 256 28.3, 512 29.3, 1024 29.6; direct 33.9).
+    # Tiles per weight-gradient block, the sum each tile call runs over (with
+    # an earlier kernel, 3x3 64->64 32x32 dW at 1 thread: 64 tiles 34.7 ms,
+    # 256 28.3, 512 29.3, 1024 29.6).
     _WINO_DW_TILES = 256
-    _WINO_DW_MAX_WEIGHTS = 16384   # K * Cg limit of the Winograd weight gradient
+    _WINO_DW_MAX_WEIGHTS = 65536   # K * Cg limit of the Winograd weight gradient
 
 
 cdef struct WinoGeom:
@@ -2078,23 +2078,27 @@ cdef int conv2d_winograd_forward(Conv2dParams p, const floating* x,
     return _winograd_conv(&p, x, w, b, y)
 
 
+cdef inline Py_ssize_t _wino_dw_kpad(const Conv2dParams* p, Py_ssize_t vl) noexcept nogil:
+    """Output channels per group padded to the dW tile's 2 vectors."""
+    return ceil_div(p.K // p.groups, 2 * vl) * 2 * vl
+
+
 cdef void _winograd_weight_block(const Conv2dParams* p, const WinoGeom* g,
                                  const floating* x, const floating* dy, Py_ssize_t R0,
                                  Py_ssize_t R1, Py_ssize_t grp, const Py_ssize_t* coff,
                                  floating* parts, floating* ws) noexcept nogil:
-    """parts[((xi*K + k)*Cg + c)*VL + 0:VL] += lane partials of
-    sum over tiles t of (A dy_t A^T)[xi][k] * V[xi][c][t], for the tile rows
-    R0 <= R < R1 (one block) of group grp. ws as for _winograd_item."""
+    """parts[((xi*groups + grp)*(Cg + 6) + c)*Kp + k] += sum over the tiles t
+    of the tile rows R0 <= R < R1 (one block) of (A dy_t A^T)[xi][k] *
+    V[xi][c][t]. ws: V (16 x vs), D (16 x ms: per point, tiles x Kp output
+    channels), then _wino_scratch."""
     cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups, T = g.T, nt = g.TWt
-    cdef Py_ssize_t n2 = 2 * (nt + 1), vl = _vl(ws), used = (R1 - R0) * nt
-    cdef Py_ssize_t k, k0, nk, c0, nc, R, n, ty, xi, i, l, oh
+    cdef Py_ssize_t n2 = 2 * (nt + 1), vl = _vl(ws), Kp = _wino_dw_kpad(p, vl)
+    cdef Py_ssize_t used = (R1 - R0) * nt, k, k0, kb, c0, cb, R, n, ty, xi, oh
     cdef floating* V = ws
     cdef floating* D = V + 16 * g.vs
     cdef floating* eo = D + 16 * g.ms
     cdef floating* q = eo + (2 * g.rows + 2) * n2
     cdef const floating* dyr
-    cdef floating out[_DW_TILE_MAX]
-    cdef floating* dst
     _winograd_input(p, g, x, R0, R1, grp, V, eo, q)
     for k in range(Kg):
         for R in range(R0, R1):
@@ -2104,38 +2108,24 @@ cdef void _winograd_weight_block(const Conv2dParams* p, const WinoGeom* g,
             _wino_split(dyr, p.OW, 0, nt, eo)
             _wino_split(dyr + p.OW if oh + 1 < p.OH else NULL, p.OW, 0, nt, eo + n2)
             if floating is float:
-                engine_wino_dy_f32(eo, eo + n2, nt, D + k * T + (R - R0) * nt, g.ms)
+                engine_wino_dy_f32(eo, eo + n2, nt, D + (R - R0) * nt * Kp + k, g.ms, Kp)
             else:
-                engine_wino_dy_f64(eo, eo + n2, nt, D + k * T + (R - R0) * nt, g.ms)
+                engine_wino_dy_f64(eo, eo + n2, nt, D + (R - R0) * nt * Kp + k, g.ms, Kp)
     if used < T:     # tiles past the block's rows: zeros (stale ones would add in)
         for xi in range(16):
             for c0 in range(Cg):
                 memset(V + xi * g.vs + c0 * T + used, 0, (T - used) * sizeof(floating))
-            for k in range(Kg):
-                memset(D + xi * g.ms + k * T + used, 0, (T - used) * sizeof(floating))
-    # Per point, tiles of 2 output channels x 6 input channels (the direct
-    # dW's tile: its taps are input channels here, at offsets coff).
+            memset(D + xi * g.ms + used * Kp, 0, (T - used) * Kp * sizeof(floating))
+    # Per point, the direct dW's channel-lane tiles: 6 input channels (its
+    # taps, at offsets coff into V) x 2 vectors of output channels, summed
+    # over the block's tiles (its pixels).
     for xi in range(16):
-        k0 = 0
-        while k0 < Kg:
-            nk = min(2, Kg - k0)
-            c0 = 0
-            while c0 < Cg:
-                nc = min(6, Cg - c0)
-                dst = parts + ((xi * p.K + grp * Kg + k0) * Cg + c0) * vl
-                if nk == 2 and nc == 6:
-                    _dw_tile(2, D + xi * g.ms + k0 * T, T, 0, V + xi * g.vs, 0, coff + c0,
-                             1, T // vl, dst, Cg * vl)
-                else:
-                    memset(out, 0, 12 * vl * sizeof(floating))
-                    _dw_tile(2, D + xi * g.ms + k0 * T, T, 0, V + xi * g.vs, 0, coff + c0,
-                             1, T // vl, out, 6 * vl)
-                    for k in range(nk):
-                        for i in range(nc):
-                            for l in range(vl):
-                                dst[(k * Cg + i) * vl + l] += out[(k * 6 + i) * vl + l]
-                c0 += 6
-            k0 += 2
+        for kb in range(Kp // (2 * vl)):
+            k0 = kb * 2 * vl
+            for cb in range(ceil_div(Cg, 6)):
+                c0 = cb * 6
+                _dwk_tile(2, V + xi * g.vs, 0, coff + c0, D + xi * g.ms + k0, Kp, 1, T,
+                          parts + ((xi * p.groups + grp) * (Cg + 6) + c0) * Kp + k0, Kp)
 
 
 cdef int conv2d_winograd_backward_weight(Conv2dParams p, const floating* x,
@@ -2149,29 +2139,30 @@ cdef int conv2d_winograd_backward_weight(Conv2dParams p, const floating* x,
     if not _winograd_fits(&p):
         return ENGINE_EBADARG
     cdef WinoGeom g
-    cdef Py_ssize_t Cg = p.C // p.groups, vl = _vl(dw), size = 16 * p.K * Cg
-    cdef Py_ssize_t nchunks, per, c, n0, n1, grp, R0, b, i, l, k, xi
+    cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups, vl = _vl(dw)
+    cdef Py_ssize_t Kp = _wino_dw_kpad(&p, vl), size = 16 * p.groups * (Cg + 6) * Kp
+    cdef Py_ssize_t nchunks, per, c, n0, n1, grp, R0, b, i, k, xi
     cdef int nthreads
     cdef floating* ws
     cdef floating* parts
     cdef floating* dU
     cdef floating* mine
+    cdef floating* o
     cdef Py_ssize_t* coff
-    cdef floating s
     cdef floating u[4][4]
     cdef floating t[3][4]
     cdef unsigned int old
     _winograd_geom(&p, vl, &g)
-    # Longer blocks than the forward's (_WINO_DW_TILES).
+    # Longer blocks than the forward's (_WINO_DW_TILES); D holds tiles x Kp.
     g.rows = min(max(<Py_ssize_t>1, _WINO_DW_TILES // g.TWt), p.N * g.TH)
     g.T = ceil_div(g.rows * g.TWt, g.GW) * g.GW
     g.vs = Cg * g.T + 32
-    g.ms = (p.K // p.groups + 1) * g.T + 32
+    g.ms = g.T * Kp + 32
     nchunks = work_chunks(p.N, _conv_flops(&p), _DW_CHUNK_FLOPS, _DW_MAX_CHUNKS)
     nthreads = _team(nchunks, _conv_flops(&p))
     per = 16 * (g.vs + g.ms) + _wino_scratch(&g)
     ws = <floating*>calloc(nthreads * per, sizeof(floating))
-    parts = <floating*>calloc(nchunks * size * vl, sizeof(floating))
+    parts = <floating*>calloc(nchunks * size, sizeof(floating))
     dU = <floating*>malloc(size * sizeof(floating))
     coff = <Py_ssize_t*>calloc(Cg + 6, sizeof(Py_ssize_t))   # + dummy channels at 0
     if ws == NULL or parts == NULL or dU == NULL or coff == NULL:
@@ -2191,31 +2182,26 @@ cdef int conv2d_winograd_backward_weight(Conv2dParams p, const floating* x,
                 for b in range(ceil_div((n1 - n0) * g.TH, g.rows)):
                     R0 = n0 * g.TH + b * g.rows
                     _winograd_weight_block(&p, &g, x, dy, R0, min(R0 + g.rows, n1 * g.TH),
-                                           grp, coff, parts + c * size * vl, mine)
-            # Sum the lanes in order: the chunk's partial, compacted in place.
-            for i in range(size):
-                s = 0
-                for l in range(vl):
-                    s = s + parts[(c * size + i) * vl + l]
-                parts[c * size * vl + i] = s
+                                           grp, coff, parts + c * size, mine)
         engine_ftz_exit(old)
-    for c in range(1, nchunks):
-        memmove(parts + c * size, parts + c * size * vl, size * sizeof(floating))
     _reduce_partials(parts, nchunks, size, dU, False)
     # dw[k, c] (+)= G^T dU[k, c] G, G^T = [1 1/2 1/2 0; 0 1/2 -1/2 0; 0 1/2 1/2 1].
     if not accumulate:
         memset(dw, 0, p.K * Cg * 9 * sizeof(floating))
-    for k in range(p.K * Cg):
-        for xi in range(16):
-            u[xi // 4][xi % 4] = dU[xi * p.K * Cg + k]
-        for i in range(4):
-            t[0][i] = u[0][i] + (u[1][i] + u[2][i]) * 0.5
-            t[1][i] = (u[1][i] - u[2][i]) * 0.5
-            t[2][i] = (u[1][i] + u[2][i]) * 0.5 + u[3][i]
-        for i in range(3):
-            dw[k * 9 + i * 3] += t[i][0] + (t[i][1] + t[i][2]) * 0.5
-            dw[k * 9 + i * 3 + 1] += (t[i][1] - t[i][2]) * 0.5
-            dw[k * 9 + i * 3 + 2] += (t[i][1] + t[i][2]) * 0.5 + t[i][3]
+    for grp in range(p.groups):
+        for k in range(Kg):
+            for c in range(Cg):
+                for xi in range(16):
+                    u[xi // 4][xi % 4] = dU[((xi * p.groups + grp) * (Cg + 6) + c) * Kp + k]
+                for i in range(4):
+                    t[0][i] = u[0][i] + (u[1][i] + u[2][i]) * 0.5
+                    t[1][i] = (u[1][i] - u[2][i]) * 0.5
+                    t[2][i] = (u[1][i] + u[2][i]) * 0.5 + u[3][i]
+                o = dw + ((grp * Kg + k) * Cg + c) * 9
+                for i in range(3):
+                    o[i * 3] += t[i][0] + (t[i][1] + t[i][2]) * 0.5
+                    o[i * 3 + 1] += (t[i][1] - t[i][2]) * 0.5
+                    o[i * 3 + 2] += (t[i][1] + t[i][2]) * 0.5 + t[i][3]
     free(coff)
     free(dU)
     free(parts)
@@ -2280,8 +2266,8 @@ cdef int conv2d_backward(Conv2dParams p, ConvAlgo algo, const floating* x,
     if (algo != CONV_ALGO_AUTO and algo != CONV_ALGO_IM2COL and algo != CONV_ALGO_DIRECT
             and algo != CONV_ALGO_WINOGRAD):
         return ENGINE_EBADARG
-    # Winograd's weight gradient keeps 16 x K x Cg lane vectors per chunk
-    # (128 MB for 256 -> 256 channels): wider layers go as auto picks.
+    # Winograd's weight gradient keeps 16 x K x Cg partial sums per chunk:
+    # wider layers go as auto picks.
     if algo == CONV_ALGO_AUTO or (algo == CONV_ALGO_WINOGRAD
                                   and p.K * (p.C // p.groups) > _WINO_DW_MAX_WEIGHTS):
         a = conv2d_choose_algo(&p, CONV_PASS_BACKWARD_WEIGHT)

@@ -54,7 +54,7 @@ class Conv2d(Module):
             GEMM), ``'direct'`` (no column buffer; for depthwise/grouped
             conv and few input channels) or ``'winograd'`` (F(2x2, 3x3);
             3x3 stride-1 convolutions only; a grad-input with padding > 2
-            and the weight gradient of layers with out x in/groups > 16384
+            and the weight gradient of layers with out x in/groups > 65536
             go as 'auto' picks).
         dtype: parameter dtype (float32 or float64); inputs are cast to it.
 

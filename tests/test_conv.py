@@ -158,7 +158,7 @@ WINO_CONFIGS = [
     ((2, 3, 6, 6), (4, 3, 3, 3), 3),                     # padding 3: dx goes as auto
     ((1, 64, 17, 15), (64, 64, 3, 3), 1),                # what auto picks it for
     ((3, 4, 30, 30), (5, 4, 3, 3), 1),                   # dW: a shorter last block
-    ((1, 130, 4, 4), (130, 130, 3, 3), 1),               # dW too wide: goes as auto
+    ((1, 260, 4, 4), (260, 260, 3, 3), 1),               # dW too wide: goes as auto
 ]
 WINO_IDS = [f"x{c[0]}-w{c[1]}-p{c[2]}-g{c[3] if len(c) > 3 else 1}".replace(" ", "")
             for c in WINO_CONFIGS]
