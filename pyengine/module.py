@@ -27,6 +27,11 @@ _anomaly_hook = None
 # linear.py and activation.py.
 _RELU_PRODUCERS = set()
 _RELU_TYPES = set()
+# Sequential.backward hands a module of a type in _RELU_CONSUMERS that follows
+# a ReLU both gradients in one call, `m._backward_after_relu(g, relu,
+# input_grad)` (max pooling masks its small output gradient instead of the
+# ReLU masking the large input one; the same bits). Filled by pool.py.
+_RELU_CONSUMERS = set()
 
 
 def is_grad_enabled():
@@ -363,6 +368,14 @@ class Sequential(Module):
     def backward(self, grad_out, input_grad=True):
         mods = list(self._modules.values())
         g = grad_out
-        for i in range(len(mods) - 1, -1, -1):
-            g = mods[i].backward(g, input_grad=input_grad if i == 0 else True)
+        i = len(mods) - 1
+        while i >= 0:
+            m = mods[i]
+            if (i >= 1 and _anomaly_hook is None and type(m) in _RELU_CONSUMERS
+                    and type(mods[i - 1]) in _RELU_TYPES):
+                g = m._backward_after_relu(g, mods[i - 1], input_grad if i == 1 else True)
+                i -= 2
+            else:
+                g = m.backward(g, input_grad=input_grad if i == 0 else True)
+                i -= 1
         return g

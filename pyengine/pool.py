@@ -8,6 +8,8 @@ import numpy as np
 
 from engine import pool as _pool
 from engine._validate import is_plain
+from pyengine import module as _module
+from pyengine.activation import _grad_like
 from pyengine.module import Module, is_grad_enabled
 
 __all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
@@ -88,8 +90,9 @@ class MaxPool2d(_Pool2d):
         d = self.__dict__
         if keep:
             d["_unbatched"], d["_input_shape"], d["_indices"] = False, x.shape, ind
+            d["_y"] = y
         else:
-            d["_input_shape"] = None
+            d["_input_shape"] = d["_y"] = None
         return (y, ind) if self.return_indices else y
 
     def _forward_general(self, x):
@@ -111,6 +114,7 @@ class MaxPool2d(_Pool2d):
         if unbatched:
             y = y[0]
             ind = None if ind is None else ind[0]
+        self.__dict__["_y"] = y if is_grad_enabled() else None
         return (y, ind) if self.return_indices else y
 
     def backward(self, grad_out, input_grad=True):
@@ -119,6 +123,18 @@ class MaxPool2d(_Pool2d):
             return None
         grad_x = _pool.max_pool2d_grad(grad_out, self._saved("_indices"), input_shape)
         return self._grad_out(grad_x)
+
+    def _backward_after_relu(self, grad_out, relu, input_grad=True):
+        """relu.backward(self.backward(grad_out)) with the ReLU's mask applied
+        to grad_out: each window's gradient goes to its argmax, where the
+        ReLU's output is the pooled value, so masking by pooled > 0 first is
+        the same (a pass over the pooled map, not the 4x larger input)."""
+        y = self.__dict__.get("_y")
+        if y is None or relu.__dict__.get("_kept") is None:
+            return relu.backward(self.backward(grad_out), input_grad)
+        if not input_grad:
+            return self.backward(grad_out, False)
+        return self.backward(relu._backward(y, _grad_like(grad_out, y)))
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
@@ -215,3 +231,6 @@ class AdaptiveAvgPool2d(_Pool2d):
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
+
+
+_module._RELU_CONSUMERS.add(MaxPool2d)   # Sequential may fuse the ReLU before it

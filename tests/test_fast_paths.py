@@ -108,6 +108,44 @@ def test_fused_sequential_same_bits_as_unfused(dtype, batch, rng, monkeypatch):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("shape", [(3, 2, 9, 11), (2, 9, 11)])
+def test_relu_then_max_pool_backward_same_bits(shape, rng, monkeypatch):
+    # Overlapping windows (3, stride 2, padding 1): several windows send
+    # their gradient to one argmax; unbatched input; a negative grad_out.
+    x = rng.standard_normal(shape).astype(np.float32)
+    runs = []
+
+    def unused(*args, **kwargs):
+        raise AssertionError("the fused path runs no ReLU.backward")
+
+    for fuse in (True, False):
+        with monkeypatch.context() as mp:
+            if fuse:
+                mp.setattr(pe.ReLU, "backward", unused)
+            else:
+                mp.setattr(pe_module, "_RELU_CONSUMERS", set())
+            runs.append(_relu_pool_run(shape, x))
+    for a, b in zip(*runs):
+        assert np.array_equal(a, b)
+
+
+def _relu_pool_run(shape, x):
+    pe.manual_seed(1)
+    first = [pe.Conv2d(2, 3, 3, padding=1)] if len(shape) == 4 else []  # 4-D only
+    model = pe.Sequential(*first, pe.ReLU(), pe.MaxPool2d(3, stride=2, padding=1),
+                          pe.ReLU(), pe.MaxPool2d(2, ceil_mode=True))
+    y = model(x)
+    g = np.random.default_rng(5).standard_normal(y.shape).astype(np.float32)
+    dx = model.backward(g)
+    out = [y, dx] + [p.grad.copy() for p in model.parameters()]
+    assert model.backward(g, input_grad=False) is None
+    with pe.no_grad():
+        model(x)
+    with pytest.raises(RuntimeError, match="without a forward pass"):
+        model.backward(g)
+    return out
+
+
 def test_fused_sequential_nan_and_anomaly(rng):
     model = _lenet_like()
     x = rng.standard_normal((2, 1, 28, 28)).astype(np.float32)
