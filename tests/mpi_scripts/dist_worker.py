@@ -231,6 +231,11 @@ def main(mode, out):
         other = sys.argv[3]
         fit_run(out, epochs=1, batch=16, resume=other, tag="cross")
     elif mode == "raise":
+        # The traceback also goes to a file: when the job is aborted, mpiexec
+        # may kill the ranks before forwarding their last output (seen once
+        # in a full test run on the loaded 2-core machine: empty stdout and
+        # stderr).
+        sys.stderr = open(os.path.join(out, f"raise-rank{rank}.log"), "w", buffering=1)
         if rank == 1:
             raise ValueError("boom from rank 1")
         dist.barrier()  # rank 0 would wait here forever without the abort
