@@ -1,4 +1,4 @@
-"""Convolution kernels: im2col vs direct vs 'auto' vs pe.reference vs torch.
+"""Convolution kernels: im2col vs direct vs winograd vs 'auto' vs pe.reference vs torch.
 
     .venv/bin/python -m pytest bench/bench_conv.py --threads 1
     .venv/bin/python -m pytest bench/bench_conv.py -k "vgg and not reference"
@@ -21,9 +21,10 @@ LAYERS = {
     "lenet_c1": ((64, 1, 28, 28), (6, 1, 5, 5), 1, 2, 1),
     "lenet_c2": ((64, 6, 14, 14), (16, 6, 5, 5), 1, 0, 1),
     "vgg_3x3_64": ((32, 64, 32, 32), (64, 64, 3, 3), 1, 1, 1),
+    "resnet_3x3_64_8x8": ((32, 64, 8, 8), (64, 64, 3, 3), 1, 1, 1),
     "depthwise_3x3": ((32, 64, 32, 32), (64, 1, 3, 3), 1, 1, 64),
 }
-BACKENDS = ["im2col", "direct", "auto", "reference", "torch"]
+BACKENDS = ["im2col", "direct", "winograd", "auto", "reference", "torch"]
 PASSES = ["forward", "weight_grad", "backward"]
 
 
@@ -98,6 +99,8 @@ def _expected(name, pas):
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_conv(benchmark, name, pas, backend, threads):
     x, w, b, dy, s, p, g = _data(name)
+    if backend == "winograd" and (w.shape[2:] != (3, 3) or s != 1):
+        pytest.skip("Winograd F(2x2, 3x3) computes 3x3 stride-1 convolutions only")
     pe.set_num_threads(threads)
     if backend == "torch":
         run = _torch_fn(pas, x, w, b, dy, s, p, g, threads)
