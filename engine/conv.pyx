@@ -640,18 +640,19 @@ cdef void _reduce_partials(const floating* parts, Py_ssize_t nparts, Py_ssize_t 
 
 
 cdef void _reduce_transposed_partials(const Conv2dParams* p, const floating* parts,
-                                      Py_ssize_t nparts, floating* dw,
+                                      Py_ssize_t nparts, Py_ssize_t rows, floating* dw,
                                       bint accumulate) noexcept nogil:
-    """dw[g*Kg + k, r] (+)= sum over chunks, in order, of parts[c][g][r][k]."""
+    """dw[g*Kg + k, r] (+)= sum over chunks, in order, of parts[c][g][r][k],
+    for r < R of the `rows` >= R (padding) each group's partial holds."""
     cdef Py_ssize_t Kg = p.K // p.groups, R = (p.C // p.groups) * p.kh * p.kw
-    cdef Py_ssize_t size = p.K * R, g, k, r, c
+    cdef Py_ssize_t size = p.K * rows, g, k, r, c
     cdef floating s
     for g in range(p.groups):
         for k in range(Kg):
             for r in range(R):
                 s = dw[(g * Kg + k) * R + r] if accumulate else 0
                 for c in range(nparts):
-                    s = s + parts[c * size + (g * R + r) * Kg + k]
+                    s = s + parts[c * size + (g * rows + r) * Kg + k]
                 dw[(g * Kg + k) * R + r] = s
 
 
@@ -702,7 +703,7 @@ cdef int conv2d_im2col_backward_weight(Conv2dParams p, const floating* x,
                                                  it == c * items // nchunks, n0, nb,
                                                  mine, mine + _col_size(&p, B), False)
             engine_ftz_exit(old)
-    _reduce_transposed_partials(&p, parts, nchunks, dw, accumulate)
+    _reduce_transposed_partials(&p, parts, nchunks, R, dw, accumulate)
     free(parts)
     free(ws)
     if db != NULL:
@@ -1045,6 +1046,17 @@ cdef inline Py_ssize_t _tap_offset(const Conv2dParams* p, const DirectGeom* g, P
     """Where tap (channel c, kernel row i, kernel column j) of output pixel
     (0, 0) reads the padded input buffer."""
     return c * g.chan + i * p.dh * g.rowlen + g.tap_off[j]
+
+
+cdef void _dw_tap_offsets(const Conv2dParams* p, const DirectGeom* g,
+                          Py_ssize_t* toff) noexcept nogil:
+    """toff[(c*kh + i)*kw + j] = _tap_offset(c, i, j): the weight gradients'
+    tap order (dw's own layout)."""
+    cdef Py_ssize_t c, i, j
+    for c in range(p.C // p.groups):
+        for i in range(p.kh):
+            for j in range(p.kw):
+                toff[(c * p.kh + i) * p.kw + j] = _tap_offset(p, g, c, i, j)
 
 
 cdef inline Py_ssize_t _block_channels(const DirectGeom* g, Py_ssize_t left) noexcept nogil:
@@ -1528,8 +1540,9 @@ cdef void _dwk_tile(Py_ssize_t KV, const floating* x, Py_ssize_t x_row, const Py
 cdef void _dwk_item(const Conv2dParams* p, const DirectGeom* g, const floating* x,
                     const floating* dy, floating* part, const Py_ssize_t* toff,
                     Py_ssize_t n, Py_ssize_t grp, floating* xq, floating* dyT) noexcept nogil:
-    """part[t*K + grp*Kg + k] += sum over pixels of dy[n, grp*Kg + k] * x[n]
-    shifted by tap t (the transposed gradient; taps padded with dummies)."""
+    """part[(grp*(R + 12) + t)*Kg + k] += sum over pixels of dy[n, grp*Kg + k]
+    * x[n] shifted by tap t (the transposed gradient, im2col's layout; taps
+    padded with dummies)."""
     cdef Py_ssize_t Cg = p.C // p.groups, Kg = p.K // p.groups, vl = _vl(xq)
     cdef Py_ssize_t R = Cg * p.kh * p.kw, P = p.OH * p.OW, KV, TB, k0, t0, k, q
     cdef const floating* src
@@ -1545,7 +1558,7 @@ cdef void _dwk_item(const Conv2dParams* p, const DirectGeom* g, const floating* 
         t0 = 0
         while t0 < R:
             _dwk_tile(KV, xq, p.sh * g.rowlen, toff + t0, dyT + k0, Kg, p.OH, p.OW,
-                      part + t0 * p.K + grp * Kg + k0, p.K)
+                      part + (grp * (R + 12) + t0) * Kg + k0, Kg)
             t0 += TB
         k0 += KV * vl
 
@@ -1560,12 +1573,11 @@ cdef int _direct_weight_grad_channel_lanes(const Conv2dParams* p, const floating
     cdef Py_ssize_t R = Cg * p.kh * p.kw, ntoff = R + 12, psize = ntoff * p.K
     cdef Py_ssize_t nchunks = work_chunks(p.N, _conv_flops(p), _DW_CHUNK_FLOPS, _DW_MAX_CHUNKS)
     cdef int nthreads = _team(nchunks, _conv_flops(p))
-    cdef Py_ssize_t per, c, n, grp, i, j, k, t
+    cdef Py_ssize_t per, c, n, grp
     cdef floating* ws
     cdef floating* parts
     cdef floating* mine
     cdef Py_ssize_t* toff
-    cdef floating s
     cdef unsigned int old
     _direct_geom(p, vl, &g)
     per = Cg * g.chan + p.OH * p.OW * Kg
@@ -1577,10 +1589,7 @@ cdef int _direct_weight_grad_channel_lanes(const Conv2dParams* p, const floating
         free(parts)
         free(toff)
         return ENGINE_ENOMEM
-    for c in range(Cg):
-        for i in range(p.kh):
-            for j in range(p.kw):
-                toff[(c * p.kh + i) * p.kw + j] = _tap_offset(p, &g, c, i, j)
+    _dw_tap_offsets(p, &g, toff)
     with parallel(num_threads=nthreads):
         old = engine_ftz_enter()
         mine = ws + threadid() * per
@@ -1590,13 +1599,7 @@ cdef int _direct_weight_grad_channel_lanes(const Conv2dParams* p, const floating
                     _dwk_item(p, &g, x, dy, parts + c * psize, toff, n, grp, mine,
                               mine + Cg * g.chan)
         engine_ftz_exit(old)
-    # dw[k, t] (+)= sum over chunks, in order, of parts[c][t][k].
-    for k in range(p.K):
-        for t in range(R):
-            s = dw[k * R + t] if accumulate else 0
-            for c in range(nchunks):
-                s = s + parts[c * psize + t * p.K + k]
-            dw[k * R + t] = s
+    _reduce_transposed_partials(p, parts, nchunks, ntoff, dw, accumulate)
     free(toff)
     free(parts)
     free(ws)
@@ -1648,10 +1651,7 @@ cdef int conv2d_direct_backward_weight(Conv2dParams p, const floating* x,
         return ENGINE_ENOMEM
     for t in range(ntoff):
         toff[t] = 0
-    for c in range(Cg):
-        for i in range(p.kh):
-            for j in range(p.kw):
-                toff[(c * p.kh + i) * p.kw + j] = _tap_offset(&p, &g, c, i, j)
+    _dw_tap_offsets(&p, &g, toff)
     memset(parts, 0, nchunks * wsize * vl * sizeof(floating))
     with parallel(num_threads=nthreads):
         old = engine_ftz_enter()
@@ -1880,19 +1880,21 @@ cdef inline bint _winograd_fits(const Conv2dParams* p) noexcept nogil:
             and p.dh == 1 and p.dw == 1)
 
 
-cdef void _winograd_geom(const Conv2dParams* p, Py_ssize_t vl, WinoGeom* g) noexcept nogil:
+cdef void _winograd_geom(const Conv2dParams* p, Py_ssize_t vl, Py_ssize_t tiles,
+                         Py_ssize_t mcols, WinoGeom* g) noexcept nogil:
+    """Blocks of about `tiles` tiles (whole tile rows); M[xi] (the forward's
+    GEMM output, the weight gradient's dy transform) holds mcols x T."""
     cdef Py_ssize_t Cg = p.C // p.groups
     g.TH = ceil_div(p.OH, 2)
     g.TWt = ceil_div(p.OW, 2)
     g.GW = 2 * vl
-    g.rows = max(<Py_ssize_t>1, max(g.GW, _WINO_BLOCK_ELEMS // Cg) // g.TWt)
-    g.rows = min(g.rows, p.N * g.TH)
+    g.rows = min(max(<Py_ssize_t>1, tiles // g.TWt), p.N * g.TH)
     g.T = ceil_div(g.rows * g.TWt, g.GW) * g.GW
     g.nblocks = ceil_div(p.N * g.TH, g.rows)
     # V[xi] and M[xi] are 16 KB apart for 64 channels: unpadded, the 16
     # points of one tile fall in one L1 set and the transforms ran 2x slower.
     g.vs = Cg * g.T + 32
-    g.ms = (p.K // p.groups + 1) * g.T + 32     # + a zero channel (dW tiles of 2)
+    g.ms = mcols * g.T + 32
 
 
 cdef inline Py_ssize_t _wino_channels(Py_ssize_t left) noexcept nogil:
@@ -2041,7 +2043,7 @@ cdef int _winograd_conv(const Conv2dParams* p, const floating* x, const floating
     cdef unsigned int old
     if not _winograd_fits(p):
         return ENGINE_EBADARG
-    _winograd_geom(p, _vl(y), &g)
+    _winograd_geom(p, _vl(y), max(2 * _vl(y), _WINO_BLOCK_ELEMS // Cg), Kg, &g)
     items = g.nblocks * p.groups
     nthreads = _team(items, _conv_flops(p))
     per = 16 * (g.vs + g.ms) + _wino_scratch(&g)
@@ -2152,12 +2154,7 @@ cdef int conv2d_winograd_backward_weight(Conv2dParams p, const floating* x,
     cdef floating u[4][4]
     cdef floating t[3][4]
     cdef unsigned int old
-    _winograd_geom(&p, vl, &g)
-    # Longer blocks than the forward's (_WINO_DW_TILES); D holds tiles x Kp.
-    g.rows = min(max(<Py_ssize_t>1, _WINO_DW_TILES // g.TWt), p.N * g.TH)
-    g.T = ceil_div(g.rows * g.TWt, g.GW) * g.GW
-    g.vs = Cg * g.T + 32
-    g.ms = g.T * Kp + 32
+    _winograd_geom(&p, vl, _WINO_DW_TILES, Kp, &g)      # D[xi]: tiles x Kp
     nchunks = work_chunks(p.N, _conv_flops(&p), _DW_CHUNK_FLOPS, _DW_MAX_CHUNKS)
     nthreads = _team(nchunks, _conv_flops(&p))
     per = 16 * (g.vs + g.ms) + _wino_scratch(&g)
