@@ -62,15 +62,20 @@ def _data(cfg, dtype, rng):
     return x, w, b, dy
 
 
+def _reference(cfg, x, w, b, dy):
+    """(y, dx, dw, db) of the float64 reference for these arrays."""
+    _, _, s, p, d, g = cfg
+    x, w, b, dy = (a.astype(np.float64) for a in (x, w, b, dy))
+    return (ref.conv2d_forward(x, w, b, s, p, d, g),) + ref.conv2d_backward(x, w, dy, s, p, d, g)
+
+
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=IDS)
 def test_kernels_match_reference(cfg, dtype, algo, rng):
     _, _, s, p, d, g = cfg
     x, w, b, dy = _data(cfg, dtype, rng)
-    f64 = [a.astype(np.float64) for a in (x, w, b, dy)]
-    want_y = ref.conv2d_forward(f64[0], f64[1], f64[2], s, p, d, g)
-    want_dx, want_dw, want_db = ref.conv2d_backward(f64[0], f64[1], f64[3], s, p, d, g)
+    want_y, want_dx, want_dw, want_db = _reference(cfg, x, w, b, dy)
 
     y = kconv.conv2d(x, w, b, s, p, d, g, algo=algo)
     dx, dw, db = kconv.conv2d_grad(x, w, dy, s, p, d, g, algo=algo)
@@ -89,9 +94,7 @@ def test_im2col_tiled_and_unbatched_paths(cfg, dtype, rng):
     # and to whole-batch, so small shapes exercise every im2col code path.
     _, _, s, p, d, g = cfg
     x, w, b, dy = _data(cfg, dtype, rng)
-    f64 = [a.astype(np.float64) for a in (x, w, b, dy)]
-    want = (ref.conv2d_forward(f64[0], f64[1], f64[2], s, p, d, g),) + \
-        ref.conv2d_backward(f64[0], f64[1], f64[3], s, p, d, g)
+    want = _reference(cfg, x, w, b, dy)
     for tuning in (dict(col_tile_elems=1, min_gemm_cols=1),
                    dict(col_tile_elems=200, min_gemm_cols=10**6)):
         old = kconv._set_tuning(**tuning)
@@ -174,9 +177,7 @@ def test_winograd_matches_reference(cfg, dtype, rng):
     cfg = _wino_cfg(cfg)
     _, _, s, p, d, g = cfg
     x, w, b, dy = _data(cfg, dtype, rng)
-    f64 = [a.astype(np.float64) for a in (x, w, b, dy)]
-    want = (ref.conv2d_forward(f64[0], f64[1], f64[2], s, p, d, g),) + \
-        ref.conv2d_backward(f64[0], f64[1], f64[3], s, p, d, g)
+    want = _reference(cfg, x, w, b, dy)
     got = (kconv.conv2d(x, w, b, s, p, d, g, algo="winograd"),) + \
         kconv.conv2d_grad(x, w, dy, s, p, d, g, algo="winograd")
     for a, e in zip(got, want):
@@ -184,7 +185,7 @@ def test_winograd_matches_reference(cfg, dtype, rng):
         _close(a, e, dtype)
     # Without bias, and fused with ReLU through a plan (as pe.Conv2d runs it).
     _close(kconv.conv2d(x, w, None, s, p, d, g, algo="winograd"),
-           want[0] - f64[2][None, :, None, None], dtype)
+           want[0] - b.astype(np.float64)[None, :, None, None], dtype)
     plan = kconv.Conv2dPlan(x.shape, w.shape, dtype, s, p, d, g, algo="winograd")
     _close(plan.forward(x, w, b, relu=True), np.maximum(want[0], 0), dtype)
     # Accumulating into given gradient arrays.
@@ -538,8 +539,6 @@ def test_auto_mixes_algorithms_per_pass(dtype, rng):
             for w in ("forward", "backward_input", "backward_weight")] == \
         ["winograd", "winograd", "im2col"]
     x, w, b, dy = _data(cfg, dtype, rng)
-    f64 = [a.astype(np.float64) for a in (x, w, b, dy)]
-    _close(kconv.conv2d(x, w, b, padding=1), ref.conv2d_forward(*f64[:3], padding=1), dtype)
-    for got, want in zip(kconv.conv2d_grad(x, w, dy, padding=1),
-                         ref.conv2d_backward(f64[0], f64[1], f64[3], padding=1)):
-        _close(got, want, dtype)
+    got = (kconv.conv2d(x, w, b, padding=1),) + kconv.conv2d_grad(x, w, dy, padding=1)
+    for a, want in zip(got, _reference(cfg, x, w, b, dy)):
+        _close(a, want, dtype)
