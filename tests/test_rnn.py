@@ -26,6 +26,13 @@ def _layer_data(rng, mode, T, B, I, H, dtype, bias=True, states=True):
     return {k: None if v is None else v.astype(dtype) for k, v in d.items()}
 
 
+def _reference_forward(mode, d, reverse=False):
+    """pe.reference's layer forward (y, h_n, c_n, cache) on d in float64."""
+    f64 = {k: None if v is None else v.astype(np.float64) for k, v in d.items()}
+    return R.rnn_layer_forward(mode, f64["x"], f64["w_ih"], f64["w_hh"], f64["b_ih"],
+                               f64["b_hh"], f64["h0"], f64["c0"], reverse=reverse)
+
+
 # -- kernel level: one layer, one direction --------------------------------------
 
 @pytest.mark.parametrize("mode", list(MODES))
@@ -44,10 +51,7 @@ def test_layer_kernel_matches_reference(mode, dtype, reverse, shape, rng):
     ws = np.empty(rnn.workspace_size(mode, T, B, H), dtype)
     y, hn, cn = rnn.rnn_forward(mode, d["x"], d["w_ih"], d["w_hh"], d["b_ih"], d["b_hh"],
                                 d["h0"], d["c0"], reverse=reverse, workspace=ws)
-    f64 = {k: None if v is None else v.astype(np.float64) for k, v in d.items()}
-    ry, rhn, rcn, cache = R.rnn_layer_forward(mode, f64["x"], f64["w_ih"], f64["w_hh"],
-                                              f64["b_ih"], f64["b_hh"], f64["h0"], f64["c0"],
-                                              reverse=reverse)
+    ry, rhn, rcn, cache = _reference_forward(mode, d, reverse)
     rtol, atol = tol(dtype)
     np.testing.assert_allclose(y, ry, rtol=rtol, atol=atol)
     np.testing.assert_allclose(hn, rhn, rtol=rtol, atol=atol)
@@ -374,9 +378,7 @@ def test_fused_input_steps_threads_identical(mode, rng):
     d = _layer_data(rng, mode, T, B, I, H, np.float32)
     d["w_hh"] *= 0.1
     d["w_ih"] *= 0.3
-    f64 = {k: None if v is None else v.astype(np.float64) for k, v in d.items()}
-    ry, rhn, _, cache = R.rnn_layer_forward(mode, f64["x"], f64["w_ih"], f64["w_hh"],
-                                            f64["b_ih"], f64["b_hh"], f64["h0"], f64["c0"])
+    ry, rhn, _, cache = _reference_forward(mode, d)
     dy = rng.standard_normal(ry.shape).astype(np.float32)
     want = R.rnn_layer_backward(cache, dy.astype(np.float64))
     rtol, atol = tol(np.float32)
@@ -412,10 +414,7 @@ def test_fused_input_steps_threads_identical(mode, rng):
 def test_small_batch_steps_split_threads_identical(mode, T, B, I, H, dtype, reverse, rng):
     d = _layer_data(rng, mode, T, B, I, H, dtype)
     d["w_hh"] *= 0.2
-    f64 = {k: None if v is None else v.astype(np.float64) for k, v in d.items()}
-    ry, rhn, rcn, cache = R.rnn_layer_forward(mode, f64["x"], f64["w_ih"], f64["w_hh"],
-                                              f64["b_ih"], f64["b_hh"], f64["h0"], f64["c0"],
-                                              reverse=reverse)
+    ry, rhn, rcn, cache = _reference_forward(mode, d, reverse)
     dy = rng.standard_normal(ry.shape).astype(dtype)
     want = R.rnn_layer_backward(cache, dy.astype(np.float64))
     rtol, atol = tol(dtype)
