@@ -555,19 +555,25 @@ cdef extern from *:
        A step is a few microseconds, too short for a parallel region each,
        and a barrier per step stalls whenever one thread is not scheduled
        (measured: median 7.9 ms instead of 0.43 for the batch-1 LSTM T100 on
-       the shared 2-core machine). So one region runs every step and the
-       threads take (step, chunk) tickets in order, each only once that step
-       is ready (all chunks of the step before done): a thread that is
-       descheduled holds nothing up but the chunk it is computing, and the
-       other one carries on alone. That stall still costs a time slice of
-       the scheduler (ms), many per call when other processes keep the cores
-       busy (median 19 ms with two busy loops running); so after a wait of
-       over 100 us (for a step, or for the helper thread at the end of the
-       region) the rest of the call runs on the first thread alone, and the
-       next calls run on one thread (64 calls, doubling up to 4096 while
-       stalls recur, reset by a parallel call without one). Who computes a
-       chunk does not change its
-       bits: every GEMV row is summed in one fixed order wherever it falls
+       the shared 2-core machine). So one region runs every step; chunk c
+       belongs to thread c % nthreads, which claims it each step once the
+       step is ready (all chunks of the step before done). Each thread so
+       keeps streaming its own rows of W_hh from its own L2, and reads the
+       input projection of its units, which it computed itself as the first
+       tasks (npre of them, also owned round-robin). A task whose owner has
+       not claimed it 20 us after it became ready (not scheduled, or late to
+       wake) is taken by whichever thread is waiting: a descheduled thread
+       holds nothing up but the chunk it is computing. That stall still costs
+       a time slice of the scheduler (ms), many per call when other processes
+       keep the cores busy (median 19 ms with two busy loops running); so
+       after a wait of over 100 us (for a step, or for the helper thread at
+       the end of the region) the rest of the call runs on the first thread
+       alone, and when stalls recur (another within 16 parallel calls) the
+       next calls run on one thread (64 calls, doubling up to 4096 while they
+       recur). A single stall does not: on the shared machine one comes every
+       200 or so calls, and 64 calls on one thread after each kept over half
+       of all calls off the second core. Who computes a chunk does not change
+       its bits: every GEMV row is summed in one fixed order wherever it falls
        (rnn_sgemv_segs) and the gate passes are element-wise, with the same
        operations on a vector lane as in a scalar tail (no contraction here);
        so the results are the same for any thread count.
@@ -634,15 +640,18 @@ cdef extern from *:
         }
     }
 
-    /* Tickets g = npre + s * nchunks + c (after the npre tasks g < npre),
-       taken in order; done counts finished ones;
-       solo: a stall was seen, only thread 0 goes on. On their own cache
-       lines: each is written by every thread. */
+    /* done counts finished tasks: the npre input tasks, then nchunks per
+       step; solo: a stall was seen, only thread 0 goes on; claim[i] (one
+       cache line each, i < npre + nchunks): input task i claimed (0 or 1),
+       then the steps of chunk c claimed so far. */
+    #define RNN_GEMV_MAX_PRE 8
+    #define RNN_GEMV_MAX_CHUNKS 64
     typedef struct {
-        Py_ssize_t next __attribute__((aligned(64)));
         Py_ssize_t done __attribute__((aligned(64)));
         int solo __attribute__((aligned(64)));
+        char* claims;
     } rnn_tickets;
+    #define RNN_CLAIM(tk, i) ((Py_ssize_t*)((tk)->claims + 64 * (i)))
 
     #if defined(__x86_64__) || defined(__i386__)
     #include <x86intrin.h>
@@ -669,53 +678,90 @@ cdef extern from *:
     #define RNN_NOW() (rnn_spin_clock += 50)   /* about 50 ns a spin, per thread */
     #endif
 
+    /* Claim and run one ready task (d tasks done): an input task while
+       those are not all done, else a chunk of step (d - npre) / nchunks;
+       the thread's own ones only, unless any. Returns 1 if one ran. */
+    static int rnn_gemv_try_task(const rnn_gemv_steps_args* p, rnn_tickets* tk, Py_ssize_t d,
+                                 int tid, int nthreads, int any) {
+        const Py_ssize_t npre = p->npre, C = p->nchunks;
+        Py_ssize_t i, s, want;
+        if (d < npre) {
+            for (i = 0; i < npre; i++) {
+                want = 0;
+                if ((any || i % nthreads == tid)
+                        && __atomic_load_n(RNN_CLAIM(tk, i), __ATOMIC_RELAXED) == 0
+                        && __atomic_compare_exchange_n(RNN_CLAIM(tk, i), &want, 1, 0,
+                                                       __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+                    p->pre(p->pre_ctx, i);
+                    __atomic_fetch_add(&tk->done, 1, __ATOMIC_RELEASE);
+                    return 1;
+                }
+            }
+            return 0;
+        }
+        s = (d - npre) / C;
+        for (i = 0; i < C && s < p->T; i++) {
+            want = s;
+            if ((any || i % nthreads == tid)
+                    && __atomic_load_n(RNN_CLAIM(tk, npre + i), __ATOMIC_RELAXED) == s
+                    && __atomic_compare_exchange_n(RNN_CLAIM(tk, npre + i), &want, s + 1, 0,
+                                                   __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+                rnn_gemv_chunk(p, s, i);
+                __atomic_fetch_add(&tk->done, 1, __ATOMIC_RELEASE);
+                return 1;
+            }
+        }
+        return 0;
+    }
+
     static void rnn_gemv_steps_run(const rnn_gemv_steps_args* p, rnn_tickets* tk, int tid,
-                                   unsigned long long stall) {
+                                   int nthreads, unsigned long long stall) {
         const Py_ssize_t total = p->npre + p->T * p->nchunks;
+        const unsigned long long steal = stall / 5;
         unsigned int fp_mode = engine_ftz_enter();
         for (;;) {
-            if (tid != 0 && __atomic_load_n(&tk->solo, __ATOMIC_RELAXED))
+            int solo = __atomic_load_n(&tk->solo, __ATOMIC_RELAXED);
+            if (tid != 0 && solo)
                 break;
-            Py_ssize_t g = __atomic_load_n(&tk->next, __ATOMIC_RELAXED);
-            if (g >= total)
+            Py_ssize_t d = __atomic_load_n(&tk->done, __ATOMIC_ACQUIRE);
+            if (d >= total)
                 break;
-            /* Wait for the ticket's step to be ready (the tasks before all). */
-            Py_ssize_t want = g < p->npre ? 0 : g - (g - p->npre) % p->nchunks;
-            if (__atomic_load_n(&tk->done, __ATOMIC_ACQUIRE) < want) {
-                unsigned long long t0 = RNN_NOW();
-                while (__atomic_load_n(&tk->done, __ATOMIC_ACQUIRE) < want) {
-    #if defined(__SSE2__)
-                    _mm_pause();
-    #endif
-                    if (RNN_NOW() - t0 > stall) {
-                        __atomic_store_n(&tk->solo, 1, __ATOMIC_RELAXED);
-                        if (tid != 0)
-                            break;
-                        sched_yield();  /* the thread we wait for may need this core */
-                    }
-                }
-                continue;               /* look again: solo, or another ticket */
-            }
-            if (!__atomic_compare_exchange_n(&tk->next, &g, g + 1, 0, __ATOMIC_ACQUIRE,
-                                             __ATOMIC_RELAXED))
+            if (rnn_gemv_try_task(p, tk, d, tid, nthreads, solo))
                 continue;
-            if (g < p->npre)
-                p->pre(p->pre_ctx, g);
-            else
-                rnn_gemv_chunk(p, (g - p->npre) / p->nchunks, (g - p->npre) % p->nchunks);
-            __atomic_fetch_add(&tk->done, 1, __ATOMIC_RELEASE);
+            /* Nothing of ours is ready: wait for a task to finish; past
+               `steal`, take a ready task whose owner has not claimed it. */
+            unsigned long long t0 = RNN_NOW();
+            while (__atomic_load_n(&tk->done, __ATOMIC_ACQUIRE) == d) {
+    #if defined(__SSE2__)
+                _mm_pause();
+    #endif
+                unsigned long long waited = RNN_NOW() - t0;
+                if (waited > steal && rnn_gemv_try_task(p, tk, d, tid, nthreads, 1))
+                    break;
+                if (waited > stall) {
+                    __atomic_store_n(&tk->solo, 1, __ATOMIC_RELAXED);
+                    if (tid != 0)
+                        break;
+                    sched_yield();  /* the thread we wait for may need this core */
+                }
+            }
         }
         engine_ftz_exit(fp_mode);
     }
 
-    /* Calls left to run on one thread after a stall, and the next such run. */
+    /* Calls left to run on one thread after recurring stalls, the next such
+       run, and the parallel calls since the last stall. */
+    #define RNN_STALL_RECUR 16
     static int rnn_solo_calls = 0, rnn_solo_backoff = 64;
+    static int rnn_calls_since_stall = RNN_STALL_RECUR;
 
     static void rnn_gemv_steps(const rnn_gemv_steps_args* p, int nthreads) {
+        char claims[64 * (RNN_GEMV_MAX_PRE + RNN_GEMV_MAX_CHUNKS)] __attribute__((aligned(64)));
         rnn_tickets tk;
-        tk.next = 0;
+        memset(claims, 0, 64 * (size_t)(p->npre + p->nchunks));
         tk.done = 0;
         tk.solo = 0;
+        tk.claims = claims;
     #ifdef _OPENMP
         if (nthreads > 1) {
             int left = __atomic_load_n(&rnn_solo_calls, __ATOMIC_RELAXED);
@@ -729,7 +775,7 @@ cdef extern from *:
             #pragma omp parallel num_threads(nthreads)
             {
                 int tid = omp_get_thread_num();
-                rnn_gemv_steps_run(p, &tk, tid, stall);
+                rnn_gemv_steps_run(p, &tk, tid, omp_get_num_threads(), stall);
                 if (tid == 0)
                     t_end = RNN_NOW();
             }
@@ -737,10 +783,16 @@ cdef extern from *:
             if (RNN_NOW() - t_end > stall)
                 tk.solo = 1;
             int backoff = __atomic_load_n(&rnn_solo_backoff, __ATOMIC_RELAXED);
+            int since = __atomic_load_n(&rnn_calls_since_stall, __ATOMIC_RELAXED);
             if (tk.solo) {
-                __atomic_store_n(&rnn_solo_calls, backoff, __ATOMIC_RELAXED);
-                __atomic_store_n(&rnn_solo_backoff, backoff < 4096 ? 2 * backoff : 4096,
-                                 __ATOMIC_RELAXED);
+                if (since < RNN_STALL_RECUR) {
+                    __atomic_store_n(&rnn_solo_calls, backoff, __ATOMIC_RELAXED);
+                    __atomic_store_n(&rnn_solo_backoff, backoff < 4096 ? 2 * backoff : 4096,
+                                     __ATOMIC_RELAXED);
+                }
+                __atomic_store_n(&rnn_calls_since_stall, 0, __ATOMIC_RELAXED);
+            } else if (since < RNN_STALL_RECUR) {
+                __atomic_store_n(&rnn_calls_since_stall, since + 1, __ATOMIC_RELAXED);
             } else if (backoff != 64) {
                 __atomic_store_n(&rnn_solo_backoff, 64, __ATOMIC_RELAXED);
             }
@@ -748,7 +800,7 @@ cdef extern from *:
         }
     #endif
         (void)nthreads;
-        rnn_gemv_steps_run(p, &tk, 0, ~0ULL);
+        rnn_gemv_steps_run(p, &tk, 0, 1, ~0ULL);
     }
     #pragma GCC pop_options
     """
@@ -800,6 +852,8 @@ cdef extern from *:
     void rnn_rows_to_panels(Py_ssize_t rows, Py_ssize_t N, const float* src, Py_ssize_t lds,
                             Py_ssize_t Ktot, Py_ssize_t k0, float* dst) noexcept nogil
     const int RNN_HAVE_GEMV
+    const int RNN_GEMV_MAX_PRE
+    const int RNN_GEMV_MAX_CHUNKS
     ctypedef struct rnn_gemv_steps_args:
         int mode, reverse, keep_cells
         Py_ssize_t T, B, H, ldy, nchunks, step
@@ -1041,25 +1095,33 @@ cdef double _GEMV_SPLIT_MIN_BYTES = 96.0 * 1024
 cdef Py_ssize_t _GEMV_SPLIT_UNITS = 8
 
 
-# ... and its input projection in column chunks of at least this much work
-# (fixed by the shape; the batch-1 LSTM T100 64->128 makes two), run as the
-# first tasks of the same parallel region.
+# ... and its input projection in chunks of hidden units (all their gate
+# columns) of at least this much work (fixed by the shape; the batch-1 LSTM
+# T100 64->128 makes two), run as the first tasks of the same parallel
+# region: with as many step chunks, each thread then reads the projection of
+# its own units, written by itself.
 cdef double _GEMV_INPUT_MIN_FLOPS = 2.0e6
 
 
 ctypedef struct _input_task:
-    int M, N, K, ldc, width
+    int M, H, G, K, ldc, units
     const float* x
     const float* w_ih
     float* c
 
 
 cdef void _input_chunk(void* ctx, Py_ssize_t i) noexcept nogil:
-    """Columns [i * width, (i + 1) * width) of c = x @ w_ih^T."""
+    """Units [i * units, (i + 1) * units) of c = x @ w_ih^T: their columns
+    g * H + j of every gate g."""
     cdef _input_task* p = <_input_task*>ctx
-    cdef int lo = <int>(i * p.width)
-    gemm(False, True, p.M, min(p.N - lo, p.width), p.K, <float>1, p.x, p.K,
-         p.w_ih + <Py_ssize_t>lo * p.K, p.K, <float>0, p.c + lo, p.ldc)
+    cdef int lo = <int>(i * p.units), g
+    cdef int n = min(p.H - lo, p.units)
+    if n <= 0:      # units rounded up to whole vectors: the last chunks may be empty
+        return
+    for g in range(p.G):
+        gemm(False, True, p.M, n, p.K, <float>1, p.x, p.K,
+             p.w_ih + <Py_ssize_t>(g * p.H + lo) * p.K, p.K, <float>0, p.c + g * p.H + lo,
+             p.ldc)
 
 
 cdef void _gemv_forward_steps(const rnn_dims* d, const float* x, const float* w_ih,
@@ -1076,19 +1138,20 @@ cdef void _gemv_forward_steps(const rnn_dims* d, const float* x, const float* w_
     cdef Py_ssize_t most = <Py_ssize_t>(4.0 * d.B * G * H * H / _GEMV_SPLIT_MIN_BYTES)
     p.mode, p.reverse, p.keep_cells = d.mode, d.reverse, keep_cells
     p.T, p.B, p.H, p.ldy = d.T, d.B, d.H, d.ldy
-    p.nchunks = max(1, min(<Py_ssize_t>engine_num_threads(), most, H // _GEMV_SPLIT_UNITS))
+    p.nchunks = max(1, min(<Py_ssize_t>engine_num_threads(), most, H // _GEMV_SPLIT_UNITS,
+                           RNN_GEMV_MAX_CHUNKS))
     p.step = ceil_div(ceil_div(H, p.nchunks), _GEMV_SPLIT_UNITS) * _GEMV_SPLIT_UNITS
     p.w_hh, p.bias, p.bias_hn, p.h0, p.c0 = w_hh, bias, bias_hn, h0, c0
     p.acts, p.gh, p.cells, p.y = acts, gh, cells, y
-    task.M, task.N, task.K = <int>(d.T * d.B), <int>(G * H), <int>d.F
+    task.M, task.H, task.G, task.K = <int>(d.T * d.B), <int>H, <int>G, <int>d.F
     task.x, task.w_ih = x, w_ih
     if d.mode == RNN_LSTM or d.mode == RNN_GRU:
         task.c, task.ldc = acts, <int>(4 * H)
     else:
         task.c, task.ldc = y, <int>d.ldy
-    p.npre = work_chunks(task.N // 64, 2.0 * task.M * task.N * task.K,
-                         _GEMV_INPUT_MIN_FLOPS, _MAX_CHUNKS)
-    task.width = <int>(ceil_div(ceil_div(task.N, p.npre), 16) * 16)
+    p.npre = work_chunks(H // _GEMV_SPLIT_UNITS, 2.0 * task.M * G * H * task.K,
+                         _GEMV_INPUT_MIN_FLOPS, RNN_GEMV_MAX_PRE)
+    task.units = <int>(ceil_div(ceil_div(H, p.npre), _GEMV_SPLIT_UNITS) * _GEMV_SPLIT_UNITS)
     p.pre, p.pre_ctx = _input_chunk, &task
     rnn_gemv_steps(&p, <int>p.nchunks)
 
