@@ -758,6 +758,16 @@ cdef extern from *:
     static void rnn_gemv_steps(const rnn_gemv_steps_args* p, int nthreads) {
         char claims[64 * (RNN_GEMV_MAX_PRE + RNN_GEMV_MAX_CHUNKS)] __attribute__((aligned(64)));
         rnn_tickets tk;
+        if (p->npre > RNN_GEMV_MAX_PRE || p->nchunks > RNN_GEMV_MAX_CHUNKS) {
+            /* More tasks than claims (the callers keep to the limits): in order. */
+            Py_ssize_t i, s;
+            unsigned int fp_mode = engine_ftz_enter();
+            for (i = 0; i < p->npre; i++) p->pre(p->pre_ctx, i);
+            for (s = 0; s < p->T; s++)
+                for (i = 0; i < p->nchunks; i++) rnn_gemv_chunk(p, s, i);
+            engine_ftz_exit(fp_mode);
+            return;
+        }
         memset(claims, 0, 64 * (size_t)(p->npre + p->nchunks));
         tk.done = 0;
         tk.solo = 0;
@@ -1102,8 +1112,13 @@ cdef Py_ssize_t _GEMV_SPLIT_UNITS = 8
 # columns) of at least this much work (fixed by the shape; the batch-1 LSTM
 # T100 64->128 makes two), run as the first tasks of the same parallel
 # region: with as many step chunks, each thread then reads the projection of
-# its own units, written by itself.
+# its own units, written by itself. From this many rows of x (T*B) it runs on
+# the tiled kernel over w_ih transposed (one pass of w_ih there and back),
+# below as GEMVs on w_ih as stored (one pass per row). Batch-1 LSTM 64->128
+# calls at 1 thread: T6 60 us with GEMVs against 55 tiled; T1 19-21 against
+# 24-35 (the transpose alone is a pass over w_ih).
 cdef double _GEMV_INPUT_MIN_FLOPS = 2.0e6
+cdef Py_ssize_t _GEMV_INPUT_TILE_ROWS = 4
 
 
 ctypedef struct _input_task:
@@ -1119,7 +1134,8 @@ cdef void _input_chunk(void* ctx, Py_ssize_t i) noexcept nogil:
     g * H + j of every gate g. BLAS would take four calls of a quarter of the
     columns (one per gate), each packing its operands; instead each gate's
     rows of w_ih are transposed into w_t (at the same offset) for the tiled
-    kernel, or with fewer than 4 rows of x multiplied as stored by GEMV.
+    kernel, or with fewer than _GEMV_INPUT_TILE_ROWS rows of x multiplied as
+    stored by GEMV.
     Batch-1 LSTM 64->128 at 1 thread, against one BLAS call per column chunk:
     T100 536-575 -> 505-546 us, T10 88-110 -> 68-70 us. Every element is
     summed in one order fixed by the shape, whoever computes its chunk."""
@@ -1129,7 +1145,7 @@ cdef void _input_chunk(void* ctx, Py_ssize_t i) noexcept nogil:
     cdef Py_ssize_t off
     if n <= 0:      # units rounded up to whole vectors: the last chunks may be empty
         return
-    if p.M < 4:
+    if p.M < _GEMV_INPUT_TILE_ROWS:
         for m in range(p.M):
             rnn_sgemv_segs(p.G, p.H, n, p.K, p.w_ih + <Py_ssize_t>lo * p.K, p.K,
                            p.x + <Py_ssize_t>m * p.K, p.c + <Py_ssize_t>m * p.ldc + lo, p.H, 0)
@@ -1147,7 +1163,8 @@ cdef void _gemv_forward_steps(const rnn_dims* d, const float* x, const float* w_
                               bint keep_cells) noexcept nogil:
     """The input projection and every forward step of a float32 batch < 4
     layer, a chunk of hidden units per thread (rnn_gemv_steps; the same bits
-    for any thread count). w_ih_t: G*H*F floats of workspace."""
+    for any thread count). w_ih_t: G*H*F floats of workspace, used from
+    _GEMV_INPUT_TILE_ROWS rows of x."""
     cdef rnn_gemv_steps_args p
     cdef _input_task task
     cdef Py_ssize_t G = rnn_num_gates(d.mode), H = d.H
@@ -1247,7 +1264,7 @@ cdef int rnn_forward(const rnn_dims* d, const floating* x,
         extra = G * H * (I + H) + B * (I + H)
     elif floating is float and B >= _TILE_MIN_BATCH:
         extra = G * H * H
-    elif gemv_steps:    # w_ih transposed for the input projection
+    elif gemv_steps and TB >= _GEMV_INPUT_TILE_ROWS:   # w_ih transposed (input projection)
         extra = G * H * I
     else:
         extra = 0
