@@ -562,8 +562,9 @@ cdef extern from *:
        input projection of its units, which it computed itself as the first
        tasks (npre of them, also owned round-robin). A task whose owner has
        not claimed it 20 us after it became ready (not scheduled, or late to
-       wake) is taken by whichever thread is waiting: a descheduled thread
-       holds nothing up but the chunk it is computing. That stall still costs
+       wake) is taken by whichever thread is waiting, which from then on
+       takes any ready task (its own first): a descheduled thread holds
+       nothing up but the chunk it is computing. That stall still costs
        a time slice of the scheduler (ms), many per call when other processes
        keep the cores busy (median 19 ms with two busy loops running); so
        after a wait of over 100 us (for a step, or for the helper thread at
@@ -680,35 +681,31 @@ cdef extern from *:
 
     /* Claim and run one ready task (d tasks done): an input task while
        those are not all done, else a chunk of step (d - npre) / nchunks;
-       the thread's own ones only, unless any. Returns 1 if one ran. */
+       the thread's own ones first, then (if any) the others. Returns 1 if
+       one ran. */
     static int rnn_gemv_try_task(const rnn_gemv_steps_args* p, rnn_tickets* tk, Py_ssize_t d,
                                  int tid, int nthreads, int any) {
         const Py_ssize_t npre = p->npre, C = p->nchunks;
-        Py_ssize_t i, s, want;
-        if (d < npre) {
-            for (i = 0; i < npre; i++) {
-                want = 0;
-                if ((any || i % nthreads == tid)
-                        && __atomic_load_n(RNN_CLAIM(tk, i), __ATOMIC_RELAXED) == 0
-                        && __atomic_compare_exchange_n(RNN_CLAIM(tk, i), &want, 1, 0,
-                                                       __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
-                    p->pre(p->pre_ctx, i);
+        const Py_ssize_t s = d < npre ? -1 : (d - npre) / C;
+        const Py_ssize_t first = d < npre ? 0 : npre, n = d < npre ? npre : C;
+        Py_ssize_t i, want;
+        if (s >= p->T)
+            return 0;
+        for (int others = 0; others <= any; others++) {
+            for (i = 0; i < n; i++) {
+                /* input task i: 0 -> 1; chunk i: steps claimed s -> s + 1 */
+                want = s < 0 ? 0 : s;
+                if ((i % nthreads == tid) == !others
+                        && __atomic_load_n(RNN_CLAIM(tk, first + i), __ATOMIC_RELAXED) == want
+                        && __atomic_compare_exchange_n(RNN_CLAIM(tk, first + i), &want, want + 1,
+                                                       0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+                    if (s < 0)
+                        p->pre(p->pre_ctx, i);
+                    else
+                        rnn_gemv_chunk(p, s, i);
                     __atomic_fetch_add(&tk->done, 1, __ATOMIC_RELEASE);
                     return 1;
                 }
-            }
-            return 0;
-        }
-        s = (d - npre) / C;
-        for (i = 0; i < C && s < p->T; i++) {
-            want = s;
-            if ((any || i % nthreads == tid)
-                    && __atomic_load_n(RNN_CLAIM(tk, npre + i), __ATOMIC_RELAXED) == s
-                    && __atomic_compare_exchange_n(RNN_CLAIM(tk, npre + i), &want, s + 1, 0,
-                                                   __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
-                rnn_gemv_chunk(p, s, i);
-                __atomic_fetch_add(&tk->done, 1, __ATOMIC_RELEASE);
-                return 1;
             }
         }
         return 0;
@@ -719,6 +716,7 @@ cdef extern from *:
         const Py_ssize_t total = p->npre + p->T * p->nchunks;
         const unsigned long long steal = stall / 5;
         unsigned int fp_mode = engine_ftz_enter();
+        int greedy = 0;     /* took a late owner's task: from now on take any at once */
         for (;;) {
             int solo = __atomic_load_n(&tk->solo, __ATOMIC_RELAXED);
             if (tid != 0 && solo)
@@ -726,18 +724,22 @@ cdef extern from *:
             Py_ssize_t d = __atomic_load_n(&tk->done, __ATOMIC_ACQUIRE);
             if (d >= total)
                 break;
-            if (rnn_gemv_try_task(p, tk, d, tid, nthreads, solo))
+            if (rnn_gemv_try_task(p, tk, d, tid, nthreads, solo || greedy))
                 continue;
             /* Nothing of ours is ready: wait for a task to finish; past
-               `steal`, take a ready task whose owner has not claimed it. */
+               `steal`, take a ready task whose owner has not claimed it (and
+               do not wait for that owner again this call: a thread off its
+               core for milliseconds would cost `steal` every step). */
             unsigned long long t0 = RNN_NOW();
             while (__atomic_load_n(&tk->done, __ATOMIC_ACQUIRE) == d) {
     #if defined(__SSE2__)
                 _mm_pause();
     #endif
                 unsigned long long waited = RNN_NOW() - t0;
-                if (waited > steal && rnn_gemv_try_task(p, tk, d, tid, nthreads, 1))
+                if (waited > steal && rnn_gemv_try_task(p, tk, d, tid, nthreads, 1)) {
+                    greedy = 1;
                     break;
+                }
                 if (waited > stall) {
                     __atomic_store_n(&tk->solo, 1, __ATOMIC_RELAXED);
                     if (tid != 0)
