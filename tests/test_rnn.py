@@ -403,7 +403,8 @@ def test_fused_input_steps_threads_identical(mode, rng):
 # Batch < 4, float32: the forward steps split the hidden units among the threads
 # once each thread's share of W_hh is >= 96 KB; these shapes split at 2 and 3
 # threads, with hidden sizes that are not multiples of 8 (and 4), T = 1 included
-# (T = 80: the input projection as two column chunks in the same region).
+# (T = 80: the input projection as two chunks of hidden units in the same
+# region; T * B < 4 takes it by GEMV).
 @pytest.mark.parametrize("mode,T,B,I,H", [("LSTM", 7, 1, 5, 113), ("LSTM", 1, 1, 3, 128),
                                           ("LSTM", 80, 1, 64, 113),
                                           ("LSTM", 3, 3, 4, 70), ("GRU", 5, 2, 3, 101),
@@ -440,6 +441,23 @@ def test_small_batch_steps_split_threads_identical(mode, T, B, I, H, dtype, reve
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("mode,H", [("LSTM", 200), ("GRU", 256), ("RNN_TANH", 400)])
+def test_small_batch_steps_oversubscribed_threads_identical(mode, H, rng):
+    # More threads than chunks (and than cores here): the threads that own no
+    # chunk, or whose owner is off its core, take tasks late (the stealing
+    # path); the bits stay those of one thread.
+    d = _layer_data(rng, mode, 60, 1, 16, H, np.float32)
+    d["w_hh"] *= 0.2
+    results = []
+    for threads in (1, 8, 3):
+        pe.set_num_threads(threads)
+        results.append(rnn.rnn_forward(mode, d["x"], d["w_ih"], d["w_hh"], d["b_ih"],
+                                       d["b_hh"], d["h0"], d["c0"]))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert (a is None and b is None) or np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("cls,kw,mode", CLASSES)
