@@ -1276,10 +1276,7 @@ cdef int _direct_conv(const Conv2dParams* p, const floating* x, const floating* 
 cdef int conv2d_direct_forward(Conv2dParams p, const floating* x,
                                const floating* w, const floating* b,
                                floating* y) noexcept nogil:
-    cdef int err = conv2d_check_params(&p)
-    if err:
-        return err
-    return _direct_conv(&p, x, w, b, y)
+    return conv2d_forward_relu(p, CONV_ALGO_DIRECT, x, w, b, y, False)
 
 
 cdef inline Py_ssize_t _padded_rows(const Conv2dParams* p) noexcept nogil:
@@ -2074,10 +2071,7 @@ cdef int _winograd_conv(const Conv2dParams* p, const floating* x, const floating
 cdef int conv2d_winograd_forward(Conv2dParams p, const floating* x,
                                  const floating* w, const floating* b,
                                  floating* y) noexcept nogil:
-    cdef int err = conv2d_check_params(&p)
-    if err:
-        return err
-    return _winograd_conv(&p, x, w, b, y)
+    return conv2d_forward_relu(p, CONV_ALGO_WINOGRAD, x, w, b, y, False)
 
 
 cdef inline Py_ssize_t _wino_dw_kpad(const Conv2dParams* p, Py_ssize_t vl) noexcept nogil:
